@@ -1,0 +1,158 @@
+"""ONNX Runtime backend: runs an ONNX export directory (``distillm-edge export --format onnx``) on CPU.
+
+The directory holds one decoder graph (``model.onnx`` + ``model.onnx.data``) with a key/value
+cache (``past_key_values.N.key/value`` in, ``present.N.key/value`` out), its ``genai_config.json``
+(names, head counts, EOS ids) and the Hugging Face tokenizer files and chat template, which this
+backend loads with ``AutoTokenizer`` so it tokenizes exactly like the source model.
+
+It drives the graph with plain ``onnxruntime`` (one session, so scoring and generation share the
+weights): ``next_token_logprobs`` runs the whole sequence with an empty cache and returns a row per
+position; ``stream`` runs the prompt once, then feeds one token at a time with the returned cache.
+The same directory also runs unchanged on ``onnxruntime_genai`` (``og.Model(path)``), the runtime
+an app would ship.
+
+Public API::
+
+    backend = OnnxBackend("exports/smollm2-135m-instruct-onnx-int4", threads=4)
+    ids = backend.chat_ids([{"role": "user", "content": "What is a normal INR?"}])
+    rows = backend.next_token_logprobs(ids)          # [len(ids), vocab] float32 log-softmax
+    for token in backend.stream(ids, max_new_tokens=64):
+        ...
+    backend.info.dtype  # "fp32" | "int8" | "int4" (read from the graph's MatMulNBits nodes)
+
+Test: ``pytest tests/backends/test_onnx_backend.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from distillm_edge.backends.base import BackendInfo, gather_token_logprobs, log_softmax, sample
+from distillm_edge.errors import UserError
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _weight_dtype(graph_file: Path, io_type: str) -> str:
+    """int4/int8 when the graph has MatMulNBits nodes, else the float type of its inputs."""
+    import onnx
+
+    model = onnx.load(str(graph_file), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+            return f"int{bits}"
+    return "fp16" if io_type == "tensor(float16)" else "fp32"
+
+
+class OnnxBackend:
+    def __init__(self, spec: str, threads: int = 0, tokenizer=None):
+        import onnxruntime as ort
+
+        started = time.perf_counter()
+        path = Path(spec).expanduser()
+        config_file = path / "genai_config.json"
+        if not config_file.is_file():
+            raise UserError(
+                f"{path}: not an ONNX export directory (no genai_config.json). "
+                "Create one with: distillm-edge export --model MODEL --format onnx"
+            )
+        config = json.loads(config_file.read_text())["model"]
+        decoder = config["decoder"]
+        self.path = path
+        self.num_layers = int(decoder["num_hidden_layers"])
+        self.kv_heads = int(decoder["num_key_value_heads"])
+        self.head_size = int(decoder["head_size"])
+        self.context_length = int(config.get("context_length", 0)) or None
+        self._in = decoder["inputs"]
+        self._out = decoder["outputs"]
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        graph = path / decoder.get("filename", "model.onnx")
+        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self._input_names = set(inputs)
+        key0 = self._in["past_key_names"] % 0
+        self._kv_dtype = _NP_TYPES[inputs[key0].type]
+        self._output_names = [o.name for o in self.session.get_outputs()]
+
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = tokenizer
+        self.vocab_size = int(config["vocab_size"])
+        eos = config.get("eos_token_id", tokenizer.eos_token_id)
+        self.eos_token_ids = frozenset(eos if isinstance(eos, list) else [eos]) - {None}
+        self.info = BackendInfo(
+            backend="onnx", model=str(spec), path=str(graph), dtype=_weight_dtype(graph, inputs[key0].type),
+            threads=threads, load_seconds=time.perf_counter() - started,
+        )
+
+    # -- tokenizer -------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tokenize(text, add_special_tokens=False)
+
+    # -- graph -----------------------------------------------------------------------------------
+    def _empty_cache(self) -> list[np.ndarray]:
+        empty = np.zeros((1, self.kv_heads, 0, self.head_size), dtype=self._kv_dtype)
+        return [empty] * (2 * self.num_layers)
+
+    def _run(self, ids: Sequence[int], cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits [T, V] for ``ids`` following the cached positions, and the new cache."""
+        past = cache[0].shape[2]
+        total = past + len(ids)
+        if self.context_length and total > self.context_length:
+            raise UserError(f"sequence of {total} tokens exceeds the export's context length {self.context_length}.")
+        feed = {
+            self._in["input_ids"]: np.asarray([list(ids)], dtype=np.int64),
+            self._in["attention_mask"]: np.ones((1, total), dtype=np.int64),
+        }
+        if "position_ids" in self._input_names:
+            feed["position_ids"] = np.arange(past, total, dtype=np.int64)[None]
+        for layer in range(self.num_layers):
+            feed[self._in["past_key_names"] % layer] = cache[2 * layer]
+            feed[self._in["past_value_names"] % layer] = cache[2 * layer + 1]
+        outputs = dict(zip(self._output_names, self.session.run(self._output_names, feed), strict=True))
+        new_cache = []
+        for layer in range(self.num_layers):
+            new_cache += [outputs[self._out["present_key_names"] % layer], outputs[self._out["present_value_names"] % layer]]
+        return outputs[self._out["logits"]][0], new_cache
+
+    def next_token_logprobs(self, ids: Sequence[int]) -> np.ndarray:
+        logits, _ = self._run(ids, self._empty_cache())
+        return log_softmax(logits)
+
+    def token_logprobs(self, ids: Sequence[int], start: int = 1) -> np.ndarray:
+        return gather_token_logprobs(self.next_token_logprobs(ids), ids, start)
+
+    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
+        rng = np.random.default_rng(seed)
+        cache = self._empty_cache()
+        step = list(ids)
+        for _ in range(max_new_tokens):
+            logits, cache = self._run(step, cache)
+            token = sample(log_softmax(logits[-1]), temperature, rng)
+            yield token
+            if token in self.eos_token_ids:
+                return
+            step = [token]
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,60 @@
+"""Text-generation metrics: ROUGE-1/2/L (rouge-score), BLEU-1/4 (sacrebleu), perplexity, next-token accuracy.
+
+Thin, documented wrappers so every report computes them the same way:
+
+- ROUGE: mean F1 over pairs, Porter stemming on, scaled to 0-100 (rouge-score's ``rougeL`` is
+  the sentence-level LCS variant).
+- BLEU: sacrebleu corpus BLEU with its default 13a tokenizer and brevity penalty; BLEU-1 uses
+  ``max_ngram_order=1``, BLEU-4 the standard 4. 0-100.
+- perplexity: exp of the token-weighted mean negative log-likelihood of the reference tokens.
+- next-token accuracy: share of reference tokens that were the model's argmax (teacher forcing).
+
+Test: ``pytest tests/eval/test_text_metrics.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError("ROUGE needs as many predictions as references (and at least one)")
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for pred, ref in zip(predictions, references):
+        scores = scorer.score(ref, pred)
+        for key in totals:
+            totals[key] += scores[key].fmeasure
+    return {key: 100.0 * value / len(predictions) for key, value in totals.items()}
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    from sacrebleu.metrics import BLEU
+
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError("BLEU needs as many predictions as references (and at least one)")
+    preds, refs = list(predictions), [list(references)]
+    return {"bleu1": float(BLEU(max_ngram_order=1).corpus_score(preds, refs).score),
+            "bleu4": float(BLEU().corpus_score(preds, refs).score)}
+
+
+def perplexity(token_logprobs: Sequence[np.ndarray]) -> float:
+    """exp(-sum log p / number of tokens) over all sequences together."""
+    total = sum(float(np.sum(lp, dtype=np.float64)) for lp in token_logprobs)
+    count = sum(len(lp) for lp in token_logprobs)
+    if count == 0:
+        raise ValueError("perplexity needs at least one scored token")
+    return float(math.exp(-total / count))
+
+
+def next_token_accuracy(greedy: Sequence[np.ndarray]) -> float:
+    count = sum(len(g) for g in greedy)
+    if count == 0:
+        raise ValueError("next-token accuracy needs at least one scored token")
+    return float(sum(int(np.sum(g)) for g in greedy) / count)

@@ -1,0 +1,108 @@
+"""A Hugging Face checkpoint directory seen by export: its config, its weights one tensor at a time.
+
+Export never builds the PyTorch model: it reads ``config.json`` and streams tensors out of the
+safetensors file(s) (sharded checkpoints through ``model.safetensors.index.json``), so converting
+a model needs about one tensor of extra memory. It also states which architectures export
+supports and refuses the others with a message that lists them.
+
+Test: ``pytest tests/export/test_gguf.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillm_edge.errors import UserError
+
+# HF architecture -> llama.cpp architecture. Mistral is the Llama graph (no sliding window used in
+# llama.cpp's llama arch; identical for contexts shorter than the window).
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    config: dict[str, Any]
+    weight_files: dict[str, Path]  # tensor name -> safetensors file
+
+    @property
+    def architecture(self) -> str:
+        return (self.config.get("architectures") or ["?"])[0]
+
+    @property
+    def head_dim(self) -> int:
+        cfg = self.config
+        return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+
+    def rope(self) -> dict[str, Any]:
+        """RoPE parameters, from transformers 5's ``rope_parameters`` or the older theta/scaling keys."""
+        params = dict(self.config.get("rope_parameters") or {})
+        if not params:
+            params = dict(self.config.get("rope_scaling") or {})
+            params.setdefault("rope_theta", self.config.get("rope_theta", 10000.0))
+        params.setdefault("rope_type", params.pop("type", "default"))
+        return params
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        from safetensors import safe_open
+
+        out = {}
+        for file in sorted(set(self.weight_files.values())):
+            with safe_open(file, framework="pt") as fh:
+                for name in fh.keys():
+                    out[name] = tuple(fh.get_slice(name).get_shape())
+        return out
+
+    def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, float32 array) for every weight, loading one tensor at a time."""
+        import torch
+        from safetensors import safe_open
+
+        for file in sorted(set(self.weight_files.values())):
+            with safe_open(file, framework="pt") as fh:
+                for name in fh.keys():
+                    yield name, fh.get_tensor(name).to(torch.float32).numpy()
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint directory, or raise UserError saying what is missing or unsupported."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{path}: not a Hugging Face checkpoint (no config.json). Point --model at a checkpoint directory.")
+    config = json.loads(config_file.read_text())
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {name: path / file for name, file in weight_map.items()}
+    elif (path / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(path / "model.safetensors", framework="pt") as fh:
+            files = {name: path / "model.safetensors" for name in fh.keys()}
+    else:
+        raise UserError(
+            f"{path}: no model.safetensors (or sharded index) found; export reads safetensors checkpoints only. "
+            "Re-save the model with save_pretrained(safe_serialization=True)."
+        )
+    ckpt = Checkpoint(path=path, config=config, weight_files=files)
+    check_supported(ckpt)
+    return ckpt
+
+
+def check_supported(ckpt: Checkpoint) -> None:
+    arch = ckpt.architecture
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UserError(
+            f"{ckpt.path}: architecture '{arch}' (model_type '{ckpt.config.get('model_type')}') cannot be exported. "
+            f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)} (the Llama family, e.g. SmolLM2 students)."
+        )
+    rope_type = ckpt.rope()["rope_type"]
+    if rope_type not in ("default", "linear", "llama3"):
+        raise UserError(f"{ckpt.path}: RoPE type '{rope_type}' is not supported; export handles default, linear and llama3.")

@@ -1,0 +1,85 @@
+"""Export a checkpoint to ONNX with a key/value cache, via ONNX Runtime GenAI's model builder.
+
+Why this tool: ``optimum``'s ONNX exporter (``optimum-onnx``) pins transformers < 4.58 and cannot
+be installed beside our transformers 5.x. ONNX Runtime GenAI's model builder
+(``python -m onnxruntime_genai.models.builder``) works with transformers 5 on a local checkpoint
+directory offline, and writes what an edge deployment wants: one decoder graph with
+``past_key_values.N.key/value`` inputs and ``present.N.*`` outputs (fused GroupQueryAttention,
+rotary caches, SimplifiedLayerNorm), weight-only block-wise quantization through ``MatMulNBits``
+(int4: symmetric, blocks of 32, int8 activations on CPU — accuracy level 4; int8 likewise with 8
+bits), a ``genai_config.json`` so ``onnxruntime_genai`` runs it as is, and the Hugging Face
+tokenizer files and chat template beside the graph. Its one undeclared dependency, ``onnx-ir``,
+must be installed.
+
+The builder runs in a subprocess (its console output is parsed into a progress bar and kept for
+error messages) into a temporary directory that ``run.py`` renames into place.
+
+Run: ``distillm-edge export --model smollm2-135m-instruct --format onnx --quant int4``.
+Test: ``pytest tests/export/test_onnx.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from distillm_edge.errors import UserError
+
+# our name -> (builder precision, approximate bits per weight, description)
+ONNX_TYPES: dict[str, tuple[str, float, str]] = {
+    "fp32": ("fp32", 32.0, "float32 weights"),
+    "int8": ("int8", 8.5, "MatMulNBits 8-bit, blocks of 32, int8 compute"),
+    "int4": ("int4", 4.5, "MatMulNBits 4-bit symmetric, blocks of 32, int8 compute"),
+}
+EXTRA_FILES = ("generation_config.json",)
+_LAYER = re.compile(r"Reading layer (\d+)")
+
+
+def builder_available() -> str | None:
+    """None when the builder can run, else what to install."""
+    try:
+        import onnx_ir  # noqa: F401  (the builder imports it; onnxruntime-genai does not declare it)
+        import onnxruntime_genai  # noqa: F401
+    except ImportError as exc:
+        return f"ONNX export needs '{exc.name}': pip install onnxruntime-genai onnx-ir"
+    return None
+
+
+def build_onnx(checkpoint: Path, out_dir: Path, quant: str, num_layers: int,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+    """Build the ONNX model of ``checkpoint`` into the empty directory ``out_dir``.
+
+    Returns the builder options used (for the manifest). ``progress(layers_read, num_layers)``.
+    """
+    if quant not in ONNX_TYPES:
+        raise UserError(f"ONNX type '{quant}' is not offered; use one of {', '.join(ONNX_TYPES)}.")
+    missing = builder_available()
+    if missing:
+        raise UserError(missing)
+    cache = out_dir / ".builder-cache"
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out_dir),
+           "-p", ONNX_TYPES[quant][0], "-e", "cpu", "-c", str(cache)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.append(line.rstrip())
+            m = _LAYER.search(line)
+            if m and progress is not None:
+                progress(int(m.group(1)) + 1, num_layers)
+    shutil.rmtree(cache, ignore_errors=True)
+    if proc.returncode != 0 or not (out_dir / "model.onnx").is_file():
+        tail = "\n".join(line for line in log[-15:] if line.strip())
+        raise RuntimeError(f"the ONNX Runtime GenAI model builder failed (exit {proc.returncode}):\n{tail}")
+    for name in EXTRA_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, out_dir / name)
+    return {"tool": "onnxruntime_genai.models.builder", "precision": ONNX_TYPES[quant][0],
+            "execution_provider": "cpu", "weights": ONNX_TYPES[quant][2]}

@@ -1,0 +1,303 @@
+"""The one config of ``distillm-edge train``: a frozen dataclass, validated before any model loads.
+
+A run's config comes from a recipe (``training/recipes/<name>.yaml``) or ``--config FILE``, then
+``key=value`` overrides (``max_steps=20``, ``student.layers=even:10``, ``lora.r=8``), through the
+strict loader in ``distillm_edge.config``: an unknown key is an error that suggests the closest
+valid key. :meth:`TrainConfig.__post_init__` then names impossible combinations (QLoRA without
+LoRA, attention alignment with a cross-tokenizer teacher, ``kd_weight`` outside [0, 1], ...).
+Whether a teacher shares the student's tokenizer is only known once tokenizers load; that check
+runs in ``trainer.setup`` right after, still before any weights load.
+
+Defaults are the ``tiny-cpu`` recipe: two embedded teachers (SmolLM2-135M, same tokenizer;
+Gemma-3 270M, another tokenizer) teaching a 15-layer student cut from SmolLM2, on the built-in
+corpus, in ~15 minutes on 2 CPU cores.
+
+Test: ``pytest tests/training/test_recipes.py tests/training/test_trainer.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from distillm_edge.config import ConfigError, deep_merge, from_mapping, load_yaml
+from distillm_edge.data.records import SPECIALTIES
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """One frozen teacher: a model spec and its share of the distillation loss."""
+
+    model: str
+    weight: float = 1.0  # static weight; all teachers' weights are normalized to sum to 1
+    dtype: str = "float32"
+    quantization: Literal["none", "nf4", "int8"] = "none"  # research teachers: nf4
+    device: str | None = None  # None: the training device; e.g. cuda:1 to keep a teacher off the student's GPU
+    device_map: str | None = None  # "auto": spread one big teacher over the visible GPUs
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("teachers[].model: give a model spec (embedded name, directory, .gguf or Hub id).")
+        if self.weight < 0:
+            raise ConfigError(f"teachers[].weight {self.weight}: must be >= 0.")
+        if self.device and self.device_map:
+            raise ConfigError(f"teacher {self.model}: set device or device_map, not both.")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Where the student comes from: a model, optionally cut down to some of its layers."""
+
+    model: str = "smollm2-135m-instruct"
+    layers: str | None = "first-last:8,7"  # even:K | first-last:A,B | 0,1,29 | null (train the model as is)
+    dtype: str = "float32"  # weights; research: bf16
+    quantization: Literal["none", "nf4"] = "none"  # nf4 = QLoRA base (needs lora)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters through peft; the base weights stay frozen."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r {self.r}: must be >= 1.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout {self.dropout}: must be in [0, 1).")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules: name at least one module (e.g. q_proj, v_proj).")
+
+
+@dataclass(frozen=True)
+class TemperatureConfig:
+    """Distillation temperature τ(step): progressive τ0·exp(−γ·step) floored, linear, or constant."""
+
+    schedule: Literal["progressive", "linear", "constant"] = "progressive"
+    initial: float = 8.0
+    floor: float = 1.0  # progressive: the floor; linear: the final value
+    steps: int | None = None  # steps to go from initial to floor (null: the whole run)
+
+    def __post_init__(self) -> None:
+        if self.initial <= 0 or self.floor <= 0:
+            raise ConfigError(f"temperature: initial ({self.initial}) and floor ({self.floor}) must be > 0.")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"temperature.steps {self.steps}: must be >= 1 (or null for the whole run).")
+
+
+@dataclass(frozen=True)
+class HiddenConfig:
+    """Hidden-state MSE to one teacher through a learned projection (when widths differ)."""
+
+    weight: float = 0.0  # 0 disables it
+    teacher: int = 0  # index into teachers
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"hidden.weight {self.weight}: must be >= 0.")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Attention-map MSE to one teacher on a few student layers (eager attention; aligned positions only
+    for a teacher with another tokenizer)."""
+
+    weight: float = 0.0
+    teacher: int = 0
+    layers: tuple[int, ...] = ()  # student layers; their teacher layers come from layer_map
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"attention.weight {self.weight}: must be >= 0.")
+        if self.weight > 0 and not self.layers:
+            raise ConfigError("attention.layers: list the student layers to align (e.g. [0, 7, 14]) or set attention.weight: 0.")
+
+
+@dataclass(frozen=True)
+class CrossTokenizerConfig:
+    """How a teacher with another tokenizer teaches: KL on the shared vocabulary plus ULD."""
+
+    uld_weight: float = 0.5  # weight of the Universal Logit Distillation term next to shared-vocab KL
+    min_shared: int = 1000  # fewer shared tokens than this is an error (tokenizers too different)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.uld_weight <= 1.0:
+            raise ConfigError(f"cross_tokenizer.uld_weight {self.uld_weight}: must be in [0, 1].")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``distillm-edge train`` needs; see ``recipes/tiny-cpu.yaml`` for a commented example."""
+
+    description: str = ""
+    teachers: tuple[TeacherConfig, ...] = (
+        TeacherConfig("smollm2-135m-instruct", weight=0.6),
+        TeacherConfig("gemma-3-270m", weight=0.4),
+    )
+    student: StudentConfig = field(default_factory=StudentConfig)
+    # data
+    data: str | None = None  # a prepared dataset (data prepare --out); null: the built-in corpus, prepared into the cache
+    max_length: int = 256
+    train_on_prompt: bool = False  # False: only response tokens count (prompt masking)
+    curriculum: bool = False  # order each epoch by difficulty stage 1 -> 4
+    max_train_examples: int | None = None
+    eval_examples: int = 48  # held-out examples for the before/after table (0 skips it)
+    # optimization
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; null: run all epochs
+    batch_size: int = 1
+    grad_accum: int = 8
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio after warmup (1.0 = constant)
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    freeze_embeddings: bool = True  # keep the (tied) embedding/head frozen: fewer trainable params, faster on CPU
+    # distillation
+    kd_weight: float = 0.5  # L = (1 - kd_weight) * CE + kd_weight * KD
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = "forward_kl"
+    jsd_beta: float = 0.5
+    skew: float = 0.1
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    teacher_weighting: Literal["static", "confidence"] = "static"  # confidence: per-token, lower teacher entropy weighs more
+    specialty_weights: dict[str, float] | str | None = None  # {cardiology: 1.2, ...} | inverse_frequency
+    cross_tokenizer: CrossTokenizerConfig = field(default_factory=CrossTokenizerConfig)
+    layer_map: dict[str, int] | None = None  # {student_layer: teacher_layer} for hidden/attention; null: the student's stored map
+    hidden: HiddenConfig = field(default_factory=HiddenConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    l2_weight: float = 0.0  # L2 penalty on the trainable weights' drift from their initial values (L2-SP)
+    lora: LoraConfig | None = None
+    # running
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
+    seed: int = 0
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    out: str | None = None  # run directory; null: runs/train-<timestamp>
+    save_every: int = 50  # optimizer steps between checkpoints (0: only at the end)
+    log_every: int = 1
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5  # consecutive NaN/inf losses that stop the run
+    progress: bool = True  # rich progress bar (else one fixed-width line per logging step)
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "distillm-edge"
+    deepspeed: str | None = None  # arrives with the scale-out work; any value is an error for now
+
+    def __post_init__(self) -> None:
+        if not self.teachers and self.kd_weight > 0:
+            raise ConfigError("teachers: empty, but kd_weight > 0; add a teacher or set kd_weight: 0 (plain fine-tuning).")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ConfigError(f"kd_weight {self.kd_weight}: must be in [0, 1] (L = (1 - kd_weight) CE + kd_weight KD).")
+        if self.teachers and sum(t.weight for t in self.teachers) <= 0:
+            raise ConfigError("teachers[].weight: at least one teacher needs a positive weight.")
+        positive = {"max_length": self.max_length, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "epochs": self.epochs, "max_bad_steps": self.max_bad_steps, "log_every": self.log_every,
+                    "keep_checkpoints": self.keep_checkpoints}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} {value}: must be >= 1.")
+        if self.max_length < 16:
+            raise ConfigError(f"max_length {self.max_length}: use at least 16 tokens.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps {self.max_steps}: must be >= 1 (or null to run all epochs).")
+        if self.lr <= 0:
+            raise ConfigError(f"lr {self.lr}: must be > 0.")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio {self.min_lr_ratio}: must be in [0, 1].")
+        if self.warmup_steps < 0 or self.save_every < 0 or self.eval_examples < 0 or self.threads < 0:
+            raise ConfigError("warmup_steps, save_every, eval_examples and threads must be >= 0.")
+        if self.divergence == "jsd" and not 0.0 <= self.jsd_beta <= 1.0:
+            raise ConfigError(f"jsd_beta {self.jsd_beta}: must be in [0, 1].")
+        if self.divergence.startswith("skew") and not 0.0 <= self.skew <= 1.0:
+            raise ConfigError(f"skew {self.skew}: must be in [0, 1].")
+        self._check_specialty_weights()
+        for name, section in (("hidden", self.hidden), ("attention", self.attention)):
+            if section.weight > 0 and not 0 <= section.teacher < len(self.teachers):
+                raise ConfigError(f"{name}.teacher {section.teacher}: there are {len(self.teachers)} teachers (index from 0).")
+        if self.l2_weight < 0:
+            raise ConfigError(f"l2_weight {self.l2_weight}: must be >= 0.")
+        if self.student.quantization == "nf4" and self.lora is None:
+            raise ConfigError("student.quantization: nf4 is QLoRA and needs adapters; add a lora: {r: 16, ...} section.")
+        if self.student.layers is not None and self.student.quantization != "none":
+            raise ConfigError("student.layers with student.quantization: cut the layers first (a run without "
+                              "quantization), then QLoRA the saved student with student.layers: null.")
+        if self.teacher_weighting == "confidence" and len(self.teachers) < 2:
+            raise ConfigError("teacher_weighting: confidence needs at least two teachers (use static).")
+        if self.deepspeed is not None:
+            raise ConfigError(
+                f"deepspeed: '{self.deepspeed}' — DeepSpeed/ZeRO sharding is not implemented yet (it comes with the "
+                "scale-out work). Remove the key; data-parallel runs work with `accelerate launch -m distillm_edge.cli train ...`."
+            )
+
+    def _check_specialty_weights(self) -> None:
+        sw = self.specialty_weights
+        if sw is None:
+            return
+        if isinstance(sw, str):
+            if sw != "inverse_frequency":
+                raise ConfigError(f"specialty_weights '{sw}': use a mapping {{cardiology: 1.2, ...}} or inverse_frequency.")
+            return
+        for name, weight in sw.items():
+            if name not in SPECIALTIES:
+                import difflib
+
+                close = difflib.get_close_matches(name, SPECIALTIES, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else f" Known: {', '.join(SPECIALTIES)}."
+                raise ConfigError(f"specialty_weights.{name}: not a specialty.{hint}")
+            if weight < 0:
+                raise ConfigError(f"specialty_weights.{name} {weight}: must be >= 0.")
+
+    @property
+    def total_teacher_weight(self) -> float:
+        return sum(t.weight for t in self.teachers)
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """(name, one-line description) of every shipped recipe, sorted by name."""
+    out = []
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        out.append((path.stem, str(load_yaml(path).get("description", "")).strip()))
+    return out
+
+
+def recipe_path(name: str) -> Path:
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        import difflib
+
+        names = [p.stem for p in RECIPES_DIR.glob("*.yaml")]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"recipe '{name}' does not exist.{hint} Shipped recipes: {', '.join(sorted(names))} "
+                          "(distillm-edge train --list-recipes).")
+    return path
+
+
+def resolve_config(recipe: str | None = None, config_file: str | None = None,
+                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Recipe (default ``tiny-cpu`` unless a config file is given), then the file, then overrides."""
+    data: dict[str, Any] = {}
+    where = []
+    if recipe or not config_file:
+        name = recipe or "tiny-cpu"
+        data = load_yaml(recipe_path(name))
+        where.append(f"recipe {name}")
+    if config_file:
+        data = deep_merge(data, load_yaml(config_file))
+        where.append(str(config_file))
+    if overrides:
+        data = deep_merge(data, overrides)
+        where.append("overrides")
+    return from_mapping(TrainConfig, data, where=" + ".join(where))
+
+
+def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``cfg`` with some fields changed (validated again)."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,178 @@
+"""Frozen teachers: loading, tokenizer comparison, and one forward pass per batch.
+
+A teacher shares the student's tokenizer (same vocabulary: logits compared position by
+position) or not (another tokenizer: its own tokenization of the same chat, positions aligned by
+character offsets, logits compared on the shared vocabulary; see ``cross_tokenizer.py``).
+:func:`open_teachers` decides that from the tokenizers alone, before any weights load, so
+impossible configs (attention alignment with a cross-tokenizer teacher) fail fast.
+
+Teachers run under ``torch.inference_mode()`` in the training step itself (no logit cache: on a
+CPU the memory for cached 49k/262k-wide rows would dwarf the models, and each record is seen
+about once). Only the rows that are used are projected to the vocabulary
+(``logits_to_keep=<mask>``); a cross-tokenizer teacher trained with shared-vocabulary KL alone
+(``uld_weight: 0``) is projected onto the shared entries only (46k of Gemma's 262k rows for
+SmolLM2), which is 5-6x cheaper and gives identical numbers, because the shared-vocabulary KL
+is a softmax over exactly those logits.
+
+Test: ``pytest tests/training/test_trainer.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distillm_edge.config import ConfigError
+from distillm_edge.training.batches import Batch
+from distillm_edge.training.config import TrainConfig
+from distillm_edge.training.losses import cross_entropy_loss, kd_loss
+
+
+@dataclass
+class Teacher:
+    """One teacher: its tokenizer relation to the student, weights once loaded, shared vocab."""
+
+    index: int
+    name: str
+    spec: str
+    weight: float  # normalized static weight
+    tokenizer: object
+    pad_id: int
+    same_tokenizer: bool
+    vocab_map: tuple[torch.Tensor, torch.Tensor] | None = None  # (student_ids, teacher_ids) if cross-tokenizer
+    model: torch.nn.Module | None = None
+    shared_head: torch.Tensor | None = None  # output-embedding rows of the shared vocabulary [S, D]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+
+@dataclass
+class TeacherOutput:
+    """Teacher logits as flat rows [1, R, V] (see ``Batch``/``TeacherView``) and optional extras."""
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    nll: float = 0.0  # evaluation only: summed NLL of the teacher's own counted tokens
+    shared_only: bool = False  # logits cover only the shared vocabulary (in vocab_map order)
+
+
+def display_name(spec: str) -> str:
+    return Path(spec.rstrip("/")).name or spec
+
+
+def same_vocabulary(a, b) -> bool:
+    """True when two tokenizers map every token string to the same id."""
+    return a is b or a.get_vocab() == b.get_vocab()
+
+
+def pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def open_teachers(cfg: TrainConfig, student_tokenizer, cache_dir: Path | None) -> list[Teacher]:
+    """Load the teachers' tokenizers, classify each, and check what needs a same-tokenizer teacher."""
+    from distillm_edge.models import load_tokenizer
+    from distillm_edge.training.batches import ensure_chat_template
+    from distillm_edge.training.cross_tokenizer import shared_vocab
+
+    total = cfg.total_teacher_weight
+    teachers = []
+    names = [display_name(t.model) for t in cfg.teachers]
+    for i, tc in enumerate(cfg.teachers):
+        tok = student_tokenizer if tc.model == cfg.student.model else load_tokenizer(tc.model, progress=False)
+        ensure_chat_template(tok)
+        same = same_vocabulary(student_tokenizer, tok)
+        name = names[i] if names.count(names[i]) == 1 else f"{names[i]}#{i}"
+        teacher = Teacher(i, name, tc.model, tc.weight / total, tok, pad_id(tok), same)
+        if not same:
+            teacher.vocab_map = shared_vocab(student_tokenizer, tok, cache_dir=cache_dir)
+            shared = len(teacher.vocab_map[0])
+            if shared < cfg.cross_tokenizer.min_shared and cfg.cross_tokenizer.uld_weight == 0:
+                raise ConfigError(
+                    f"teachers[{i}] {tc.model}: its tokenizer shares only {shared} tokens with the student's "
+                    f"(cross_tokenizer.min_shared is {cfg.cross_tokenizer.min_shared}); set cross_tokenizer.uld_weight > 0 "
+                    "to distil through ULD, or choose a closer teacher."
+                )
+        teachers.append(teacher)
+    return teachers
+
+
+def load_teacher_weights(teachers: list[Teacher], cfg: TrainConfig, device: torch.device, *,
+                         eager_attention: int | None = None) -> None:
+    """Load each teacher frozen, in eval mode, on its device; teacher ``eager_attention`` returns attention maps."""
+    from distillm_edge.models import LoadOptions, load_model
+
+    for t, tc in zip(teachers, cfg.teachers, strict=True):
+        where = tc.device or str(device)
+        options = LoadOptions(dtype=tc.dtype, device=where, device_map=tc.device_map, quantization=tc.quantization)
+        model, _ = load_model(tc.model, options, progress=False)
+        if t.index == eager_attention:
+            model.set_attn_implementation("eager")
+        model.eval().requires_grad_(False)
+        t.model = model
+        if t.vocab_map is not None:
+            if model.config.vocab_size < int(t.vocab_map[1].max()) + 1:
+                raise ConfigError(f"teacher {t.spec}: its tokenizer has ids beyond the model's vocabulary ({model.config.vocab_size}).")
+            head = model.get_output_embeddings().weight
+            t.shared_head = head.detach()[t.vocab_map[1].to(head.device)] if head.dtype.is_floating_point else None
+
+
+@torch.inference_mode()
+def teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bool = False,
+                    attentions: bool = False, for_eval: bool = False, shared_only: bool = False) -> TeacherOutput:
+    """One teacher pass over ``batch``: logits at the rows the losses need (see ``TeacherOutput``).
+
+    ``shared_only`` projects a cross-tokenizer teacher onto the shared vocabulary only.
+    """
+    model, dev = t.model, t.device
+    extra = {"output_hidden_states": hidden or None, "output_attentions": attentions or None}
+    if t.same_tokenizer:
+        out = model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+                    logits_to_keep=batch.loss_mask.to(dev), **extra)
+        logits = out.logits[..., :student_vocab].reshape(1, -1, student_vocab)
+        nll = 0.0
+        if for_eval:
+            nll = float(cross_entropy_loss(logits, batch.targets.view(1, -1).to(logits.device), normalizer=1.0))
+        return TeacherOutput(logits, out.hidden_states, out.attentions, nll)
+    view = batch.views[t.index]
+    keep = view.eval_keep if for_eval else view.keep
+    ids, mask = view.input_ids.to(dev), view.attention_mask.to(dev)
+    if shared_only and not for_eval and t.shared_head is not None:
+        base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        out = base(input_ids=ids, attention_mask=mask, **extra)
+        rows = out.last_hidden_state[keep.to(dev)]
+        logits = (rows @ t.shared_head.T.to(rows.dtype)).unsqueeze(0)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return TeacherOutput(logits, out.hidden_states, out.attentions, 0.0, shared_only=True)
+    out = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep.to(dev), **extra)
+    logits = out.logits.reshape(1, -1, out.logits.shape[-1])
+    nll = 0.0
+    if for_eval and view.targets.numel():
+        rows = logits[:, view.target_rows.to(logits.device)]
+        nll = float(cross_entropy_loss(rows, view.targets.view(1, -1).to(logits.device), normalizer=1.0))
+    return TeacherOutput(logits, out.hidden_states, out.attentions, nll)
+
+
+@torch.inference_mode()
+def cross_rows_kl(t: Teacher, student_rows: torch.Tensor, out: TeacherOutput, batch: Batch) -> tuple[float, int]:
+    """Summed KL(teacher || student) on the shared vocabulary at aligned rows, and the row count."""
+    view = batch.views[t.index]
+    n = int(view.student_rows.numel())
+    if n == 0:
+        return 0.0, 0
+    s_ids, t_ids = (x.to(student_rows.device) for x in t.vocab_map)
+    trows = view.eval_teacher_rows if not out.shared_only else view.teacher_rows
+    s = student_rows[:, view.student_rows.to(student_rows.device)][..., s_ids]
+    te = out.logits.to(student_rows.device)[:, trows.to(student_rows.device)]
+    te = te if out.shared_only else te[..., t_ids]
+    return float(kd_loss(s, te, normalizer=1.0)), n

@@ -1,0 +1,619 @@
+"""`distillm-edge train`: the distillation recipe, read top to bottom — setup → train → finish → cleanup.
+
+- ``setup``: run directory and resolved config, tokenizers (which teachers share the student's
+  tokenizer; impossible combinations fail here, before any weights load), the prepared data
+  (the built-in corpus through the data pipeline unless ``data:`` names a prepared dataset),
+  teachers (frozen, eval mode), the student (cut from a model by layer selection, optionally
+  LoRA/QLoRA through peft), hidden-state projections, AdamW + warmup/cosine LR, Accelerate
+  (device placement, mixed precision, DDP under ``accelerate launch``), and a checkpoint to
+  resume from;
+- ``train``: per optimizer step, ``grad_accum`` micro-batches; each runs the teachers under
+  ``torch.inference_mode()`` and the student, and :func:`compute_loss` mixes
+  ``(1 - kd_weight) CE + kd_weight KD`` (+ hidden-state, attention and L2 terms). A NaN/inf
+  loss or gradient skips the step (counted); ``max_bad_steps`` in a row stop the run with a
+  message. Checkpoints every ``save_every`` steps; Ctrl-C saves one and exits;
+- ``finish``: the student as a Hugging Face checkpoint (``model/``), the before/after held-out
+  table (``report.md``, ``summary.json``), the loss-curve PNG;
+- ``cleanup``: close loggers.
+
+The run directory holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``tb/`` (TensorBoard),
+``loss_curve.png``, ``checkpoints/step-*``, ``model/``, ``report.md`` and ``summary.json``.
+
+Run: ``distillm-edge train`` (the ``tiny-cpu`` recipe). Test: ``pytest tests/training/test_trainer.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from distillm_edge.config import ConfigError, save_yaml, to_dict
+from distillm_edge.errors import UserError
+from distillm_edge.io import atomic_write_json, atomic_write_text, ensure_dir, home
+from distillm_edge.training import checkpoint as ckpt
+from distillm_edge.training.batches import (
+    Batch,
+    Example,
+    collate,
+    encode_records,
+    ensure_chat_template,
+    micro_batches,
+)
+from distillm_edge.training.config import TrainConfig
+from distillm_edge.training.report import RunLog, evaluate, format_table, plot_losses, summary
+from distillm_edge.training.teachers import (
+    Teacher,
+    load_teacher_weights,
+    open_teachers,
+    pad_id,
+    teacher_forward,
+)
+
+# Fields that change what a step computes or which data it sees: a resume must not change them.
+# (epochs and max_steps may change: an epoch's order depends only on the seed and its index.)
+RESUME_LOCKED = ("teachers", "student", "data", "max_length", "train_on_prompt", "curriculum", "max_train_examples",
+                 "batch_size", "grad_accum", "seed", "lora", "hidden", "layer_map")
+
+
+class TrainingStopped(UserError):
+    """The run stopped on purpose (too many non-finite steps); a checkpoint was saved."""
+
+
+@dataclass
+class Run:
+    """Everything ``setup`` builds and ``train``/``finish`` use."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    accelerator: object
+    tokenizer: object
+    student: torch.nn.Module  # as prepared by Accelerate (maybe DDP-wrapped)
+    teachers: list[Teacher]
+    projections: torch.nn.ModuleDict | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_examples: list[Example]
+    valid_examples: list[Example]
+    plan: list[list[int]]
+    total_steps: int
+    log: RunLog
+    state: ckpt.TrainState = field(default_factory=ckpt.TrainState)
+    initial_student: torch.nn.Module | None = None  # for the "before" column (None with LoRA: adapters disabled)
+    hidden_map: dict[int, int] = field(default_factory=dict)  # student hidden_states index -> teacher's
+    attention_map: dict[int, int] = field(default_factory=dict)  # student block -> teacher block
+    l2_reference: list[torch.Tensor] | None = None
+    specialty_counts: dict[str, int] = field(default_factory=dict)  # training examples per specialty
+    setup_seconds: float = 0.0
+
+
+def run(cfg: TrainConfig, *, resume: bool = False) -> Path:
+    """Train according to ``cfg``; returns the run directory."""
+    r = setup(cfg, resume=resume)
+    try:
+        train(r)
+        finish(r)
+    finally:
+        cleanup(r)
+    return r.run_dir
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    locked = {k: v for k, v in to_dict(cfg).items() if k in RESUME_LOCKED}
+    return hashlib.sha256(json.dumps(locked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_directory(cfg: TrainConfig, resume: bool) -> Path:
+    run_dir = Path(cfg.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
+    if resume:
+        saved = json.loads((ckpt.latest_checkpoint(run_dir) / "state.json").read_text(encoding="utf-8"))
+        if saved.get("config_hash") != config_hash(cfg):
+            raise ConfigError(f"--resume {run_dir}: the config differs from the run's in a field that changes the data or "
+                              f"model ({', '.join(RESUME_LOCKED)}); resume without such overrides.")
+    elif ckpt.list_checkpoints(run_dir) or (run_dir / "model").exists():
+        raise UserError(f"--out {run_dir}: a run is already there; continue it with --resume {run_dir}, or choose another --out.")
+    return ensure_dir(run_dir)
+
+
+def prepared_data(cfg: TrainConfig, tokenizer) -> Path:
+    """``cfg.data``, or the built-in corpus prepared once into the cache (keyed by its contents)."""
+    from distillm_edge.data import PrepareConfig, builtin_corpus_path
+    from distillm_edge.data import run as prepare
+    from distillm_edge.io import sha256_file
+
+    if cfg.data:
+        return Path(cfg.data).expanduser()
+    prep = PrepareConfig(out="cache", overwrite=True, progress=False, tokenizer=cfg.student.model)
+    options = json.dumps({k: v for k, v in to_dict(prep).items() if k != "out"}, sort_keys=True)
+    key = hashlib.sha256((sha256_file(builtin_corpus_path()) + options).encode()).hexdigest()
+    out = home() / "data" / f"builtin-{key[:12]}"
+    if not (out / "dataset_dict.json").is_file():
+        prepare(dataclasses.replace(prep, out=str(out)), tokenizer=tokenizer)
+    return out
+
+
+def load_examples(cfg: TrainConfig, tokenizer, teachers: list[Teacher], log: RunLog) -> tuple[list[Example], list[Example]]:
+    from distillm_edge.data import load_prepared
+
+    path = prepared_data(cfg, tokenizer)
+    dataset = load_prepared(path)
+    train_records = list(dataset["train"])[: cfg.max_train_examples]
+    valid_records = list(dataset["valid"])[: cfg.eval_examples] if "valid" in dataset else []
+    cross = {t.index: t.tokenizer for t in teachers if not t.same_tokenizer}
+    train, dropped = encode_records(train_records, tokenizer, cross, cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    valid, _ = encode_records(valid_records, tokenizer, cross, cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    if not train:
+        raise UserError(f"{path}: no training example has a response token within max_length={cfg.max_length}.")
+    if cfg.eval_examples and not valid:
+        log.say(f"[yellow]{path} has no usable held-out ('valid') examples: the before/after table is skipped.[/]")
+    log.say(f"data: {path} — {len(train)} train examples ({dropped} dropped: no response token within max_length), "
+            f"{len(valid)} held-out for evaluation")
+    return train, valid
+
+
+def build_student(cfg: TrainConfig, device, attn_implementation: str | None, reuse: dict):
+    """The student model before LoRA/Accelerate: cut from ``student.model`` or loaded as is."""
+    from distillm_edge.models import LoadOptions, load_model, select_layers
+    from distillm_edge.models import build_student as cut
+
+    sc = cfg.student
+    if sc.layers is None:
+        options = LoadOptions(dtype=sc.dtype, device=str(device), quantization=sc.quantization)
+        student, _ = load_model(sc.model, options, progress=False)
+    else:
+        source = reuse.get(sc.model)
+        if source is None:
+            source, _ = load_model(sc.model, LoadOptions(dtype=sc.dtype, device="cpu"), progress=False)
+        student = cut(source, select_layers(source.config.num_hidden_layers, sc.layers)).to(device)
+    if attn_implementation and hasattr(student, "set_attn_implementation"):
+        student.set_attn_implementation(attn_implementation)
+    student.config.use_cache = False
+    return student
+
+
+def add_lora(cfg: TrainConfig, student):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.student.quantization != "none":
+        student = prepare_model_for_kbit_training(student, use_gradient_checkpointing=False)
+    lc = cfg.lora
+    peft_cfg = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
+                          task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(student, peft_cfg)
+    except ValueError as exc:
+        raise ConfigError(f"lora.target_modules {list(lc.target_modules)}: {exc}") from None
+
+
+def layer_maps(cfg: TrainConfig, student, teachers: list[Teacher]) -> tuple[dict[int, int], dict[int, int]]:
+    """(hidden_states index map, attention block map) for the alignment losses, validated."""
+    from distillm_edge.models import layer_map
+
+    if cfg.hidden.weight == 0 and cfg.attention.weight == 0:
+        return {}, {}
+    blocks = {int(k): int(v) for k, v in cfg.layer_map.items()} if cfg.layer_map else layer_map(student.config)
+    if not blocks:
+        raise ConfigError("layer_map: the student has no stored layer map (it was not cut from a teacher by "
+                          "student.layers); give layer_map: {student_layer: teacher_layer, ...}.")
+    n_student = student.config.num_hidden_layers
+
+    def checked(section: str, teacher_index: int, pairs: dict[int, int]) -> dict[int, int]:
+        t = teachers[teacher_index]
+        n_teacher = t.model.config.num_hidden_layers
+        for s, tl in pairs.items():
+            if not (0 <= s < n_student and 0 <= tl < n_teacher):
+                raise ConfigError(f"{section}: student layer {s} -> teacher layer {tl} is out of range (the student has "
+                                  f"{n_student} layers, teacher {t.name} has {n_teacher}).")
+        return pairs
+
+    hidden, attention = {}, {}
+    if cfg.hidden.weight > 0:
+        pairs = checked("layer_map (hidden)", cfg.hidden.teacher, blocks)
+        hidden = {s + 1: t + 1 for s, t in pairs.items()}  # hidden_states[0] is the embedding output
+    if cfg.attention.weight > 0:
+        missing = [s for s in cfg.attention.layers if s not in blocks]
+        if missing:
+            raise ConfigError(f"attention.layers {missing}: not in the layer map (student layers {sorted(blocks)}).")
+        attention = checked("attention.layers", cfg.attention.teacher, {s: blocks[s] for s in cfg.attention.layers})
+    return hidden, attention
+
+
+def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers.utils import logging as hf_logging
+
+    from distillm_edge.models import load_tokenizer
+    from distillm_edge.training.alignment import make_projections
+    from distillm_edge.training.schedules import lr_lambda
+
+    started = time.perf_counter()
+    hf_logging.disable_progress_bar()  # our own bars and log lines only
+    run_dir = run_directory(cfg, resume)
+    cuda = torch.cuda.is_available()
+    precision = {"auto": "bf16" if cuda and torch.cuda.is_bf16_supported() else "no", "fp32": "no"}.get(
+        cfg.precision, cfg.precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+    log = RunLog(run_dir, cfg, enabled=accelerator.is_main_process)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        save_yaml(cfg, run_dir / "config.yaml")
+
+    # tokenizers first: every check that needs no weights runs before any model loads
+    tokenizer = load_tokenizer(cfg.student.model, progress=False)
+    ensure_chat_template(tokenizer)
+    teachers = open_teachers(cfg, tokenizer, cache_dir=ensure_dir(home() / "cache"))
+    for t in teachers:
+        log.say(f"teacher {t.name}: weight {t.weight:.2f}, "
+                + ("same tokenizer" if t.same_tokenizer else f"other tokenizer, {len(t.vocab_map[0]):,} shared tokens"))
+    train_examples, valid_examples = load_examples(cfg, tokenizer, teachers, log)
+
+    # models
+    attn = "eager" if cfg.attention.weight > 0 else None
+    load_teacher_weights(teachers, cfg, accelerator.device, eager_attention=cfg.attention.teacher if attn else None)
+    # the student is cut from a teacher's weights when it names the same model (no second load)
+    reuse = {tc.model: t.model for t, tc in zip(teachers, cfg.teachers, strict=True)
+             if tc.quantization == "none" and tc.device is None and tc.device_map is None and tc.dtype == cfg.student.dtype}
+    student = build_student(cfg, accelerator.device, attn, reuse)
+    del reuse
+    initial = None
+    if valid_examples and cfg.lora is None:
+        initial = copy.deepcopy(student).eval().requires_grad_(False)
+    hidden_map, attention_map = layer_maps(cfg, student, teachers)
+    if cfg.lora is not None:
+        student = add_lora(cfg, student)
+    elif cfg.freeze_embeddings:
+        student.get_input_embeddings().requires_grad_(False)
+        student.get_output_embeddings().requires_grad_(False)
+    projections = None
+    if hidden_map:
+        t_width = teachers[cfg.hidden.teacher].model.config.hidden_size
+        projections = make_projections(hidden_map, student.config.hidden_size, t_width).to(accelerator.device)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    if projections is not None:
+        trainable += list(projections.parameters())
+    n_train = sum(p.numel() for p in trainable)
+    n_all = sum(p.numel() for p in student.parameters())
+    log.say(f"student: {student.config.num_hidden_layers} layers"
+            + (f" ({cfg.student.layers} of {cfg.student.model})" if cfg.student.layers else f" ({cfg.student.model})")
+            + f", {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.1f}M trainable")
+    l2_reference = [p.detach().clone() for p in trainable] if cfg.l2_weight > 0 else None
+
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    world = accelerator.num_processes
+    plan = micro_batches(train_examples, cfg.batch_size, seed=cfg.seed, curriculum=cfg.curriculum, epochs=cfg.epochs)
+    total_steps = len(plan) // (cfg.grad_accum * world)
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    if total_steps < 1:
+        raise UserError(f"{len(train_examples)} training examples make {len(plan)} micro-batches: too few for one step of "
+                        f"grad_accum={cfg.grad_accum} x {world} processes; raise epochs or lower grad_accum.")
+    decay = "constant" if cfg.min_lr_ratio == 1.0 else "cosine"
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(warmup_steps=cfg.warmup_steps, total_steps=total_steps, decay=decay, min_ratio=cfg.min_lr_ratio))
+    if projections is not None and any(True for _ in projections.parameters()):
+        student, projections, optimizer = accelerator.prepare(student, projections, optimizer)
+    else:
+        student, optimizer = accelerator.prepare(student, optimizer)
+
+    r = Run(cfg, run_dir, accelerator, tokenizer, student, teachers, projections, optimizer, scheduler,
+            train_examples, valid_examples, plan, total_steps, log, initial_student=initial,
+            hidden_map=hidden_map, attention_map=attention_map, l2_reference=l2_reference)
+    if cfg.specialty_weights is not None:
+        counts: dict[str, int] = {}
+        for e in train_examples:
+            counts[e.specialty] = counts.get(e.specialty, 0) + 1
+        r.specialty_counts = counts
+    r.state.config_hash = config_hash(cfg)
+    if resume:
+        path = ckpt.latest_checkpoint(run_dir)
+        r.state = state = ckpt.load_checkpoint(path, modules(r), optimizer, scheduler)
+        log.say(f"resumed from {path} (step {state.step}, micro-batch {state.micro})")
+    r.setup_seconds = time.perf_counter() - started
+    return r
+
+
+def modules(r: Run) -> dict[str, torch.nn.Module]:
+    """The modules whose trainable tensors a checkpoint holds (unwrapped from DDP)."""
+    out = {"student": r.accelerator.unwrap_model(r.student)}
+    if r.projections is not None:
+        out["projections"] = r.accelerator.unwrap_model(r.projections)
+    return out
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def compute_loss(r: Run, batch: Batch, tau: float) -> dict[str, torch.Tensor]:
+    """All loss terms of one micro-batch; ``loss`` is the total that is backpropagated.
+
+    Student logits are computed only at counted positions (``logits_to_keep=loss_mask``) and come
+    back as flat rows [1, N, V]; every loss below works on those rows.
+    """
+    from distillm_edge.training.alignment import attention_loss, hidden_state_loss, l2_penalty
+    from distillm_edge.training.losses import cross_entropy_loss, specialty_weights
+
+    cfg, dev = r.cfg, r.accelerator.device
+    out = r.student(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+                    logits_to_keep=batch.loss_mask.to(dev), output_hidden_states=bool(r.hidden_map) or None,
+                    output_attentions=bool(r.attention_map) or None)
+    vocab = out.logits.shape[-1]
+    logits = out.logits.reshape(1, -1, vocab)
+    row_w = None
+    if cfg.specialty_weights is not None:  # per-sample weights, spread over each sample's rows
+        per_sample = specialty_weights(batch.specialties, cfg.specialty_weights, r.specialty_counts, default=1.0)
+        row_w = per_sample[batch.row_sample].view(1, -1).to(dev)
+    parts: dict[str, torch.Tensor] = {}
+    total = logits.new_zeros((), dtype=torch.float32)
+    if cfg.kd_weight < 1.0:
+        parts["ce"] = cross_entropy_loss(logits, batch.targets.view(1, -1).to(dev), weights=row_w)
+        total = total + (1.0 - cfg.kd_weight) * parts["ce"]
+    if cfg.kd_weight > 0.0 or r.hidden_map or r.attention_map:
+        outs = {t.index: teacher_forward(t, batch, student_vocab=vocab,
+                                         hidden=bool(r.hidden_map) and t.index == cfg.hidden.teacher,
+                                         attentions=bool(r.attention_map) and t.index == cfg.attention.teacher,
+                                         shared_only=cfg.cross_tokenizer.uld_weight == 0)
+                for t in r.teachers}
+        if cfg.kd_weight > 0.0:
+            parts |= distillation(r, batch, logits, outs, row_w, tau)
+            total = total + cfg.kd_weight * parts["kd"]
+        if r.hidden_map:
+            t = r.teachers[cfg.hidden.teacher]
+            view = None if t.same_tokenizer else batch.views[t.index]
+            parts["hidden"] = hidden_state_loss(
+                out.hidden_states, outs[t.index].hidden_states, r.hidden_map, batch.loss_mask.to(dev),
+                projections=r.projections, positions=None if view is None else (view.student_pos.to(dev), view.teacher_pos.to(dev)))
+            total = total + cfg.hidden.weight * parts["hidden"]
+        if r.attention_map:
+            t = r.teachers[cfg.attention.teacher]
+            view = None if t.same_tokenizer else batch.views[t.index]
+            parts["attention"] = attention_loss(
+                out.attentions, outs[t.index].attentions, r.attention_map, batch.attention_mask.to(dev),
+                positions=None if view is None else (view.student_pos.to(dev), view.teacher_pos.to(dev)),
+                cross_tokenizer=view is not None)
+            total = total + cfg.attention.weight * parts["attention"]
+    if r.l2_reference is not None:
+        params = [p for group in r.optimizer.param_groups for p in group["params"]]
+        parts["l2"] = l2_penalty(params, r.l2_reference)
+        total = total + cfg.l2_weight * parts["l2"]
+    parts["loss"] = total
+    return parts
+
+
+def distillation(r: Run, batch: Batch, logits: torch.Tensor, outs: dict, row_w: torch.Tensor | None,
+                 tau: float) -> dict[str, torch.Tensor]:
+    """``kd``: the teachers' KD losses combined, and each teacher's own (``kd/<name>``, for the logs).
+
+    Static weighting: ``sum_k w_k KD_k`` (each KD_k a mean over the rows teacher k covers).
+    Confidence weighting: per row, teacher k gets ``c_k`` from its entropy (``losses.confidence_weights``,
+    the static weights as prior); a cross-tokenizer teacher is only available at aligned rows.
+    """
+    from distillm_edge.training.cross_tokenizer import cross_tokenizer_kd
+    from distillm_edge.training.losses import confidence_weights, kd_loss, token_entropy
+
+    cfg, dev, n = r.cfg, logits.device, logits.shape[1]
+    common = dict(temperature=tau, kind=cfg.divergence, beta=cfg.jsd_beta, skew=cfg.skew)
+    conf = None
+    if cfg.teacher_weighting == "confidence":
+        entropies, available = [], []
+        for t in r.teachers:
+            tl = outs[t.index].logits.to(dev)
+            if t.same_tokenizer:
+                entropies.append(token_entropy(tl))
+                available.append(torch.ones(1, n, dtype=torch.bool, device=dev))
+                continue
+            view = batch.views[t.index]
+            h, a = torch.zeros(1, n, device=dev), torch.zeros(1, n, dtype=torch.bool, device=dev)
+            h[0, view.student_rows.to(dev)] = token_entropy(tl[:, view.teacher_rows.to(dev)]).view(-1)
+            a[0, view.student_rows.to(dev)] = True
+            entropies.append(h)
+            available.append(a)
+        conf = confidence_weights(entropies, [t.weight for t in r.teachers], available=available)
+    base_w = row_w if row_w is not None else torch.ones(1, n, device=dev)
+    parts, kd = {}, logits.new_zeros((), dtype=torch.float32)
+    for t in r.teachers:
+        tl = outs[t.index].logits.to(dev)
+        # static: teacher k's own weighted mean, scaled by w_k; confidence: per-row weights, one shared denominator
+        w, norm, scale = (row_w, None, t.weight) if conf is None else (base_w * conf[t.index], base_w.sum(), 1.0)
+        if t.same_tokenizer:
+            part = kd_loss(logits, tl, weights=w, normalizer=norm, **common)
+        else:
+            view = batch.views[t.index]
+            s_ids, t_ids = t.vocab_map
+            vmap = (s_ids, torch.arange(len(t_ids))) if outs[t.index].shared_only else (s_ids, t_ids)
+            part = cross_tokenizer_kd(logits, tl, view.student_rows.view(1, -1).to(dev), view.teacher_rows.view(1, -1).to(dev),
+                                      vocab_map=vmap, uld_weight=cfg.cross_tokenizer.uld_weight, weights=w,
+                                      normalizer=norm, **common)
+        parts[f"kd/{t.name}"] = part.detach()
+        kd = kd + scale * part
+    parts["kd"] = kd
+    return parts
+
+
+# --------------------------------------------------------------------------- train
+
+
+def temperature(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    from distillm_edge.training.schedules import temperature_at
+
+    tc = cfg.temperature
+    schedule = {"progressive": "exponential"}.get(tc.schedule, tc.schedule)
+    return temperature_at(step, schedule=schedule, start=tc.initial, floor=tc.floor, decay_steps=tc.steps or total_steps)
+
+
+def train(r: Run) -> None:
+    cfg, acc, state = r.cfg, r.accelerator, r.state
+    world, rank = acc.num_processes, acc.process_index
+    pads = {t.index: t.pad_id for t in r.teachers if not t.same_tokenizer}
+    student_pad = pad_id(r.tokenizer)
+    params = [p for group in r.optimizer.param_groups for p in group["params"]]
+    r.student.train()
+    r.log.start(r.total_steps, state.step)
+    started, base_elapsed = time.perf_counter(), state.elapsed
+    rng = None
+    try:
+        while state.step < r.total_steps:
+            step_start = time.perf_counter()
+            rng = ckpt.rng_state()  # an interrupted step restarts from here
+            tau = temperature(cfg, state.step, r.total_steps)
+            sums: dict[str, float] = {}
+            tokens = seen = 0
+            for a in range(cfg.grad_accum):
+                batch = collate([r.train_examples[i] for i in r.plan[state.micro + a * world + rank]], student_pad, pads)
+                sync = a == cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else acc.no_sync(r.student), acc.autocast():
+                    parts = compute_loss(r, batch, tau)
+                    acc.backward(parts["loss"] / cfg.grad_accum)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                tokens += batch.tokens
+                seen += int(batch.attention_mask.sum())
+            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            flags = torch.tensor([sums["loss"], float(grad_norm)], device=acc.device)
+            finite = bool(torch.isfinite(acc.reduce(flags, reduction="sum")).all())
+            if finite:
+                r.optimizer.step()
+                state.bad_in_row = 0
+            else:
+                state.bad_steps += 1
+                state.bad_in_row += 1
+            r.optimizer.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():  # a skipped step advances the schedule without an optimizer step
+                warnings.simplefilter("ignore", UserWarning)
+                r.scheduler.step()
+            state.step += 1
+            state.micro += cfg.grad_accum * world
+            state.tokens += tokens * world
+            dt = time.perf_counter() - step_start
+            state.elapsed = base_elapsed + time.perf_counter() - started
+            r.log.step(state, sums, tau=tau, lr=r.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                       tokens_per_s=seen * world / dt, skipped=not finite)
+            if not finite and state.bad_in_row >= cfg.max_bad_steps:
+                path = save(r)
+                bad = ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
+                raise TrainingStopped(
+                    f"stopped at step {state.step}: {state.bad_in_row} steps in a row had a non-finite loss or gradient "
+                    f"(last: {bad}; grad_norm={float(grad_norm):.4g}). No update was applied from those steps; the weights "
+                    f"are saved in {path}. Lower lr (now {cfg.lr:g}) or max_grad_norm, check the data, or raise "
+                    f"max_bad_steps, then continue with --resume {r.run_dir}."
+                )
+            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < r.total_steps:
+                save(r)
+    except KeyboardInterrupt:
+        r.optimizer.zero_grad(set_to_none=True)  # drop the half-accumulated step; its data is seen again on resume
+        path = save(r, rng)
+        r.log.say(f"[yellow]interrupted: checkpoint saved in {path}; continue with distillm-edge train --resume {r.run_dir}[/]")
+        raise
+    finally:
+        r.log.stop()
+    save(r)
+    r.log.say(f"trained {state.step} steps, {state.tokens:,} target tokens, in {state.elapsed / 60:.1f} min"
+              + (f"; {state.bad_steps} non-finite steps skipped" if state.bad_steps else ""))
+
+
+def save(r: Run, rng: dict | None = None) -> Path:
+    """A checkpoint of the current step (main process writes; ``rng``: states to record instead of the current)."""
+    path = r.run_dir / ckpt.CHECKPOINTS / f"step-{r.state.step:06d}"
+    if r.accelerator.is_main_process:
+        path = ckpt.save_checkpoint(r.run_dir, r.state, modules(r), r.optimizer, r.scheduler, r.cfg.keep_checkpoints, rng)
+    return path
+
+
+# --------------------------------------------------------------------------- finish
+
+
+def finish(r: Run) -> None:
+    """Save the student, then evaluate before vs after on held-out data; write the report and plots."""
+    acc = r.accelerator
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return
+    student = acc.unwrap_model(r.student).eval()
+    base_loader = None
+    if r.cfg.lora is not None and r.cfg.student.quantization != "none":
+        def base_loader():  # QLoRA: merge the adapters into an unquantized copy of the base
+            from distillm_edge.models import LoadOptions, load_model
+
+            return load_model(r.cfg.student.model, LoadOptions(dtype=r.cfg.student.dtype), progress=False)[0]
+    out = ckpt.save_student(student, r.tokenizer, r.run_dir / "model", lora=r.cfg.lora is not None, base_loader=base_loader)
+    r.log.say(f"student saved: {out}")
+    plot_losses(r.run_dir / "metrics.jsonl", r.run_dir / "loss_curve.png")
+    summ = evaluate_run(r, student) if r.valid_examples else None
+    result = {"run_dir": str(r.run_dir), "model": str(out), "steps": r.state.step, "target_tokens": r.state.tokens,
+              "train_seconds": r.state.elapsed, "setup_seconds": r.setup_seconds, "bad_steps": r.state.bad_steps,
+              "evaluation": summ}
+    atomic_write_json(r.run_dir / "summary.json", result)
+
+
+def evaluate_run(r: Run, student) -> dict:
+    """The before/after table on the held-out examples (printed, and saved as report.md)."""
+    pad, examples = pad_id(r.tokenizer), r.valid_examples
+    started = time.perf_counter()
+    with r.log.task("evaluating (held-out)", len(examples)) as advance:
+        if r.initial_student is not None:
+            scores = evaluate({"before": r.initial_student, "after": student}, r.teachers, examples, pad, progress=advance)
+        else:  # LoRA: the "before" student is the base model with its adapters disabled
+            with student.disable_adapter():
+                before = evaluate({"before": student}, r.teachers, examples, pad)
+            scores = evaluate({"after": student}, r.teachers, examples, pad, progress=advance) | {"before": before["before"]}
+    summ = summary(scores, [t.name for t in r.teachers])
+    summ["eval_seconds"] = time.perf_counter() - started
+    table = format_table(summ)
+    atomic_write_text(r.run_dir / "report.md", f"# Held-out evaluation\n\n{table}\n")
+    r.log.event("eval", summ)
+    r.log.result(table)
+    return summ
+
+
+def cleanup(r: Run) -> None:
+    r.log.close()
+    r.initial_student = None
+    for t in r.teachers:
+        t.model = None
+
+
+# --------------------------------------------------------------------------- choosing a student
+
+
+def probe(cfg: TrainConfig, strategies: list[str]) -> list[tuple[str, int, float]]:
+    """Print the held-out perplexity of ``student.model`` itself and of each layer selection of it."""
+    from rich.console import Console
+
+    from distillm_edge.models import LoadOptions, load_model, select_layers
+    from distillm_edge.training.report import perplexity, probe_layers
+
+    console = Console(stderr=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    for s in strategies:  # parse them all before loading anything
+        select_layers(10**6, s)
+    source, tokenizer = load_model(cfg.student.model, LoadOptions(dtype=cfg.student.dtype), progress=False)
+    ensure_chat_template(tokenizer)
+    cfg_no_eval = cfg
+    path = prepared_data(cfg_no_eval, tokenizer)
+    from distillm_edge.data import load_prepared
+
+    records = list(load_prepared(path)["valid"])[: cfg.eval_examples or None]
+    examples, _ = encode_records(records, tokenizer, {}, cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    tokens = sum(e.student.counted.count(True) - (1 if e.student.counted[0] else 0) for e in examples)
+    console.print(f"{len(examples)} held-out examples from {path} ({tokens} response tokens)")
+    rows = [("(all layers)", source.config.num_hidden_layers, perplexity(source, examples, pad_id(tokenizer)))]
+    console.print(f"{rows[0][0]:<24} {rows[0][1]:>3} layers  perplexity {rows[0][2]:>14,.1f}")
+    for s in strategies:
+        row = probe_layers(source, [s], examples, pad_id(tokenizer))[0]
+        console.print(f"{row[0]:<24} {row[1]:>3} layers  perplexity {row[2]:>14,.1f}")
+        rows.append(row)
+    return rows

@@ -1,0 +1,214 @@
+"""The training recipe end to end on tiny random models (seconds), plus one slow run of the real tiny-cpu recipe.
+
+- a short run: loss falls, the run directory has every file, the student reloads as a normal HF checkpoint;
+- Ctrl-C (KeyboardInterrupt) saves a checkpoint; ``--resume`` reproduces the uninterrupted run's losses;
+- NaN/inf losses skip the step (counted); ``max_bad_steps`` in a row stop the run with a message;
+- checks that need the tokenizers (hub ids offline, layer maps) fail before training;
+- slow: ``tiny-cpu`` with both embedded teachers (Gemma-3 cross-tokenizer included) for a few steps.
+
+Run: ``pytest tests/training/test_trainer.py`` (``-m slow`` for the real recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillm_edge.config import ConfigError, from_mapping
+from distillm_edge.errors import UserError
+from distillm_edge.training import trainer
+from distillm_edge.training.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared dataset (train 24 / valid 4) cut from the built-in corpus, written like ``data prepare``."""
+    import datasets
+
+    from distillm_edge.data import builtin_corpus_path
+
+    rows = [json.loads(line) for line in builtin_corpus_path().read_text(encoding="utf-8").splitlines() if line.strip()]
+    random.Random(0).shuffle(rows)
+    recs = [{"id": r["id"], "instruction": r["question"], "input": "", "response": r["answer"], "source": "builtin",
+             "specialty": r["specialty"], "difficulty": r["difficulty"]} for r in rows[:28]]
+    out = tmp_path_factory.mktemp("tiny_data")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(recs[:24]),
+                          "valid": datasets.Dataset.from_list(recs[24:])}).save_to_disk(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma_dir(tmp_path_factory, gemma_dir) -> Path:
+    """A 2-layer, 32-wide random Gemma-3 with the real Gemma tokenizer (262,144 tokens): a cross-tokenizer teacher."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(1)
+    cfg = Gemma3TextConfig(vocab_size=262144, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                           sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+                           bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    out = tmp_path_factory.mktemp("tiny_gemma")
+    Gemma3ForCausalLM(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(gemma_dir).save_pretrained(out)
+    return out
+
+
+def tiny_config(tiny_llama_dir, tiny_data, out, **changes) -> TrainConfig:
+    data = {
+        "teachers": [{"model": str(tiny_llama_dir), "weight": 1.0}],
+        "student": {"model": str(tiny_llama_dir), "layers": "even:1"},
+        "data": str(tiny_data), "max_length": 96, "eval_examples": 0, "max_steps": 6, "grad_accum": 2,
+        "lr": 3e-3, "warmup_steps": 1, "freeze_embeddings": False, "save_every": 3, "progress": False,
+        "tensorboard": False, "out": str(out), "threads": 1,
+    }
+    data.update(changes)
+    return from_mapping(TrainConfig, data)
+
+
+def train_rows(run_dir: Path) -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(x) for x in lines if json.loads(x)["kind"] == "train"]
+
+
+def test_short_run_learns_and_writes_a_complete_run_directory(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "run", max_steps=8, eval_examples=4, tensorboard=True,
+                      teachers=[{"model": str(tiny_llama_dir), "weight": 0.6}, {"model": str(tiny_gemma_dir), "weight": 0.4}],
+                      specialty_weights="inverse_frequency", curriculum=True)
+    run_dir = trainer.run(cfg)
+    rows = train_rows(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert {"loss/ce", "loss/kd", "tau", "lr", "tokens_per_s"} <= set(rows[0])
+    assert any(k.startswith("loss/kd/") and "gemma" in k for k in rows[0])  # the cross-tokenizer teacher contributed
+    first, last = rows[0]["loss/ce"], sum(r["loss/ce"] for r in rows[-2:]) / 2
+    assert last < first - 0.2, (first, last)  # a run that does not learn stays within ~0.05
+    assert rows[0]["tau"] == 8.0 and rows[-1]["tau"] < rows[0]["tau"]
+    for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "report.md", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step-000006", "step-000008"]  # keep 2
+    assert (run_dir / "checkpoints" / "step-000008" / "trainable.safetensors").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ev = summary["evaluation"]
+    assert ev["student_perplexity"]["after"] < ev["student_perplexity"]["before"]
+    assert set(ev["teachers"]) == {tiny_llama_dir.name, tiny_gemma_dir.name}
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert model.config.num_hidden_layers == 1 and model.config.distillm_layer_map == {"0": 0}
+    assert list((run_dir / "model").glob("*.safetensors"))
+    assert AutoTokenizer.from_pretrained(run_dir / "model").chat_template
+
+
+def test_interrupted_run_resumes_with_the_same_losses(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
+    full = trainer.run(tiny_config(tiny_llama_dir, tiny_data, tmp_path / "full"))
+    expected = [r["loss"] for r in train_rows(full)]
+
+    calls = {"n": 0}
+    original = trainer.compute_loss
+
+    def interrupt_in_step_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:  # first micro-batch of step 5 (grad_accum 2)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_loss", interrupt_in_step_5)
+    cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(cfg)
+    assert (tmp_path / "cut" / "checkpoints" / "step-000004").is_dir()  # saved on Ctrl-C
+    monkeypatch.setattr(trainer, "compute_loss", original)
+    with pytest.raises(UserError, match="--resume"):
+        trainer.run(cfg)  # a new run into a used directory is refused
+    trainer.run(cfg, resume=True)
+    got = {r["step"]: r["loss"] for r in train_rows(tmp_path / "cut")}
+    assert [got[s] for s in range(1, 7)] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
+    original = trainer.compute_loss
+    bad_steps: set[int] = {2}
+
+    def poisoned(r, batch, tau):
+        parts = original(r, batch, tau)
+        if r.state.step + 1 in bad_steps:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(trainer, "compute_loss", poisoned)
+    run_dir = trainer.run(tiny_config(tiny_llama_dir, tiny_data, tmp_path / "one", max_steps=4))
+    rows = train_rows(run_dir)
+    assert [r["skipped"] for r in rows] == [False, True, False, False]
+    assert json.loads((run_dir / "summary.json").read_text())["bad_steps"] == 1
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    bad_steps.update(range(1, 100))
+    with pytest.raises(trainer.TrainingStopped, match="3 steps in a row had a non-finite loss") as exc:
+        trainer.run(tiny_config(tiny_llama_dir, tiny_data, tmp_path / "all", max_bad_steps=3))
+    assert "--resume" in str(exc.value) and (tmp_path / "all" / "checkpoints" / "step-000003").is_dir()
+
+
+def test_hidden_and_attention_alignment_train_projections(tiny_llama_dir, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "align", max_steps=2, save_every=0,
+                      hidden={"weight": 1.0}, attention={"weight": 0.5, "layers": [0]}, l2_weight=0.01,
+                      student={"model": str(tiny_llama_dir), "layers": "1"})
+    run_dir = trainer.run(cfg)
+    rows = train_rows(run_dir)
+    assert all(r["loss/hidden"] > 0 and math.isfinite(r["loss/attention"]) and "loss/l2" in r for r in rows)
+    assert rows[1]["loss/l2"] > 0  # the weights moved away from their initial values
+    bad = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "bad", attention={"weight": 0.5, "layers": [3]})
+    with pytest.raises(ConfigError, match=r"attention.layers \[3\]"):
+        trainer.run(bad)
+
+
+def test_lora_student_saves_merged_weights_and_adapter(tiny_llama_dir, tiny_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "lora", max_steps=2, save_every=0, eval_examples=2,
+                      student={"model": str(tiny_llama_dir), "layers": None}, lora={"r": 4, "alpha": 8})
+    run_dir = trainer.run(cfg)
+    assert (run_dir / "model" / "adapter" / "adapter_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_offline_hub_teacher_fails_before_any_weights_load(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
+    import distillm_edge.models as models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
+    cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "hub", teachers=[{"model": "distillm-test/no-such-model"}])
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+        trainer.run(cfg)
+
+
+@pytest.mark.slow
+def test_tiny_cpu_recipe_end_to_end(tmp_path):
+    """The real default recipe (SmolLM2 + Gemma-3 teachers, 15-layer student), a few steps, small eval."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distillm_edge.training.config import resolve_config
+
+    cfg = resolve_config("tiny-cpu", overrides={"max_steps": 3, "grad_accum": 2, "eval_examples": 3, "warmup_steps": 1,
+                                                "save_every": 2, "progress": False, "out": str(tmp_path / "run")})
+    run_dir = trainer.run(cfg)
+    for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "report.md", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    rows = train_rows(run_dir)
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+    assert "loss/kd/gemma-3-270m" in rows[0] and "loss/kd/smollm2-135m-instruct" in rows[0]
+    ev = json.loads((run_dir / "summary.json").read_text())["evaluation"]
+    assert set(ev["teachers"]) == {"smollm2-135m-instruct", "gemma-3-270m"}
+    assert ev["teachers"]["smollm2-135m-instruct"]["perplexity"] < 100
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert model.config.num_hidden_layers == 15
+    assert "<|im_start|>" in AutoTokenizer.from_pretrained(run_dir / "model").chat_template
