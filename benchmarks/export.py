@@ -112,7 +112,7 @@ def main() -> None:
                       f"{r['mib']:.1f}", f"{r['bpw']:.2f}", f"{r['kl']:.2e}", f"{r['top1']:.2%}",
                       f"{r['greedy']} ({r['greedy_prefix']:.0f})", f"{r['ppl_src']:.1f}→{r['ppl_art']:.1f}",
                       f"{r['ppl_inc']:+.1%}", "yes" if r["verified"] else "NO")
-    Console().print(table)
+    Console(width=200).print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     if args.outdir is None:

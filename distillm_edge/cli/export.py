@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         format: str = typer.Option("gguf", "--format", "-f", help="gguf (llama.cpp) or onnx (ONNX Runtime)."),
         quant: str = typer.Option(None, "--quant", "-q",
                                   help="Output type, e.g. f16, q8_0, q4_k_m (gguf) or fp32, int8, int4 (onnx). "
-                                       "Default: q8_0 for gguf, int4 for onnx. See --list-quants."),
+                                       "Default: f16 for gguf, int8 for onnx. See --list-quants."),
         outdir: Path = typer.Option(Path("exports"), "--outdir", "-o", help="Where the artifact and manifest go."),
         no_verify: bool = typer.Option(False, "--no-verify", help="Skip the parity check (manifest says unverified)."),
         max_ppl_increase: float = typer.Option(0.25, "--max-ppl-increase",

@@ -95,7 +95,8 @@ def _plain_gpt2_split(tokenizer) -> bool:
 def settle_pre_tokenizer(vocab: GGUFVocab, tokenizer, write_stub: Callable[[Path, GGUFVocab], None],
                          workdir: Path) -> GGUFVocab:
     """``vocab`` with the first pre-tokenizer kind under which llama.cpp tokenizes ``CHECK_TEXT``
-    exactly like ``tokenizer`` (the probe-hash guess first). ``write_stub(path, vocab)`` writes a
+    exactly like ``tokenizer`` (tried in order: "gpt-2" for a plain GPT-2 split, the probe-hash
+    guess, the other known kinds). ``write_stub(path, vocab)`` writes a
     tensor-less GGUF (metadata + vocab) that llama.cpp can load vocab-only."""
     import llama_cpp
 

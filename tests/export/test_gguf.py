@@ -150,7 +150,7 @@ def test_config_validation():
     from distillm_edge.export import ExportConfig
 
     assert ExportConfig(model="x", format="gguf", quant="Q4_K_M").quant == "q4_k_m"
-    assert ExportConfig(model="x", format="onnx").quant == "int4"
+    assert ExportConfig(model="x", format="onnx").quant == "int8" and ExportConfig(model="x").quant == "f16"
     with pytest.raises(UserError, match="is a onnx type: use --format onnx"):
         ExportConfig(model="x", format="gguf", quant="int4")
     with pytest.raises(UserError, match="--format 'tflite'"):
