@@ -19,8 +19,9 @@ BACKENDS = ("auto", "torch", "gguf", "onnx")
 DTYPES = ("fp32", "bf16")
 QUANTIZATIONS = ("none", "nf4")
 
-FULL = {"prompt_lengths": (64, 256, 1024), "gen_tokens": 128, "repeats": 3}
-QUICK = {"prompt_lengths": (128,), "gen_tokens": 32, "repeats": 2}
+FULL = {"prompt_lengths": (64, 256, 1024), "gen_tokens": 128, "repeats": 3, "batch_repeats": None}
+# --quick: finish in about a minute even for torch fp32 on 2 busy cores; batches are timed once
+QUICK = {"prompt_lengths": (64,), "gen_tokens": 16, "repeats": 2, "batch_repeats": 1}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int = 0  # 0: one per physical core
     batch_sizes: tuple[int, ...] = (1, 8)
+    batch_repeats: int | None = None  # None: like the streams (warm-up + repeats); n: n timed runs, no warm-up
     out: Path = field(default_factory=lambda: Path("runs/bench") / time.strftime("%Y%m%d-%H%M%S"))
     quick: bool = False
 
@@ -78,6 +80,8 @@ class BenchConfig:
             raise UserError(f"--threads {self.threads}: use a positive number, or 0 for one per physical core.")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UserError(f"batch sizes {self.batch_sizes}: each must be >= 1.")
+        if self.batch_repeats is not None and self.batch_repeats < 1:
+            raise UserError(f"batch_repeats={self.batch_repeats}: need at least one timed batch run.")
 
 
 def parse_lengths(text: str) -> tuple[int, ...]:
@@ -134,6 +138,7 @@ def build_config(
         prompt_lengths=parse_lengths(prompt_lengths) if prompt_lengths else defaults["prompt_lengths"],
         gen_tokens=gen_tokens if gen_tokens is not None else defaults["gen_tokens"],
         repeats=repeats if repeats is not None else defaults["repeats"],
+        batch_repeats=defaults["batch_repeats"],
         threads=threads,
         quick=quick,
         **extra,

@@ -123,6 +123,10 @@ def notes(result: dict) -> list[str]:
         if load and load[0] > 0.75 * cores:
             out.append(f"the machine was busy at the {when} (1-min load average {load[0]} on {cores} cores): "
                        "timings are noisy; rerun on an idle machine before drawing conclusions.")
+    threads = result["config"].get("threads_used", 1)
+    if threads > 1 and any(n.startswith("the machine was busy") for n in out):
+        out.append(f"{threads} threads on shared cores: a thread that waits for a descheduled partner at every "
+                   "barrier makes multi-threaded runs collapse under load; compare backends with --threads 1 there.")
     bw_load = (result["bandwidth"].get("load_avg") or [0])[0]
     if bw_load > 0.75 * cores:
         out.append(f"memory bandwidth was measured on a busy machine (load {bw_load}), so the bound is too low and "
@@ -179,7 +183,10 @@ def markdown(result: dict) -> str:
         "the Python interpreter and the backend's libraries; batch runs come after this reading.",
         "- bound tok/s = bandwidth / bytes read per token; roofline = decode tok/s / bound. Bytes per token:",
         *rules,
-        "- b1/b8 tok/s: batched greedy decode tokens/s (all rows together) after the batch prefill.",
+        "- b1/b8 tok/s: batched greedy decode tokens/s (all rows together, EOS ignored) after the batch prefill; "
+        + (f"median of {cfg['repeats']} timed runs after {cfg['warmup']} warm-up."
+           if cfg.get("batch_repeats") is None else
+           f"{cfg['batch_repeats']} timed run(s), no batch warm-up (the single-stream runs warmed the model)."),
         "",
     ]
     if notes(result):

@@ -38,6 +38,8 @@ class Job:
     warmup: int
     threads: int
     batch_sizes: tuple[int, ...]
+    batch_warmup: int = 1
+    batch_repeats: int = 3
 
 
 def backend_kind(run: ModelRun) -> str:
@@ -87,10 +89,10 @@ def _torch_batch(backend, builder: PromptBuilder, job: Job, size: int, emit) -> 
     rows = [builder.prompt(job.prompt_tokens, k) for k in range(size)]
     pad = backend.tokenizer.pad_token_id if backend.tokenizer.pad_token_id is not None else 0
     runs = []
-    for i in range(job.warmup + job.repeats):
-        emit({"step": f"batch {size} run {i + 1}/{job.warmup + job.repeats}"})
+    for i in range(job.batch_warmup + job.batch_repeats):
+        emit({"step": f"batch {size} run {i + 1}/{job.batch_warmup + job.batch_repeats}"})
         result = torch_batch_generate(backend.model, rows, job.gen_tokens, pad_id=pad)
-        if i >= job.warmup:
+        if i >= job.batch_warmup:
             runs.append(result)
     return {key: statistics.median(r[key] for r in runs) for key in ("decode_tps", "total_tps", "prefill_s")}
 
@@ -116,7 +118,7 @@ def bench_job(emit: Callable[[dict], None], job: Job, open_fn: Callable | None =
     batch_na = batch_unsupported(kind)
     batch_sizes = () if batch_na else job.batch_sizes
     per_rep = job.warmup + job.repeats
-    emit({"total": 2 + per_rep * (1 + len(batch_sizes))})
+    emit({"total": 2 + per_rep + (job.batch_warmup + job.batch_repeats) * len(batch_sizes)})
     emit({"step": "loading"})
     if kind == "torch":  # transformers' "Loading weights" bar would tear through the parent's progress display
         from transformers.utils import logging as hf_logging
@@ -144,7 +146,8 @@ def bench_job(emit: Callable[[dict], None], job: Job, open_fn: Callable | None =
         row = {
             "model": job.run.spec, "label": job.run.label, "backend": info.backend, "dtype": info.dtype,
             "path": info.path, "threads": info.threads, "prompt_tokens": job.prompt_tokens,
-            "gen_tokens": job.gen_tokens, "warmup": job.warmup, "load_s": info.load_seconds, "open_s": open_s,
+            "gen_tokens": job.gen_tokens, "warmup": job.warmup,
+            "batch_runs": {"warmup": job.batch_warmup, "timed": job.batch_repeats} if batches else None, "load_s": info.load_seconds, "open_s": open_s,
             **summarize(stats),
             "rss_start_mib": rss_start / MIB, "rss_loaded_mib": rss_loaded / MIB,
             "peak_rss_mib": peak_single / MIB, "peak_rss_batch_mib": peak_batch / MIB if batches else None,

@@ -5,6 +5,7 @@
     distillm-edge train --recipe med42-llama --out runs/med42 max_steps=2000
     distillm-edge train --config my.yaml lr=1e-4 student.layers=even:10
     distillm-edge train --resume runs/med42               # continue from its latest checkpoint
+    accelerate launch --multi_gpu --num_processes 2 $(which distillm-edge) train --recipe ...   # data parallel
     distillm-edge train --probe-layers "even:10;first-last:8,7"   # initial perplexity of candidate students
 
 Overrides are ``key=value`` (dotted keys for sections: ``lora.r=8``, ``temperature.initial=4``).
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
         # element-wise loss kernels 10-60x slower (measured with 2 threads and ~6 busy neighbours).
         # Must be set before torch loads; an explicit OMP_WAIT_POLICY in the environment wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from distillm_edge.cli.common import console, friendly_errors
+        from distillm_edge.cli.common import friendly_errors
 
         with friendly_errors():
             from distillm_edge.config import ConfigError, parse_overrides
@@ -69,5 +70,4 @@ def register(app: typer.Typer) -> None:
             if probe_layers:
                 trainer.probe(cfg, [s.strip() for s in probe_layers.split(";") if s.strip()])
                 return
-            run_dir = trainer.run(cfg, resume=resume is not None)
-            console.print(f"[green]done:[/] {run_dir}  (student: {run_dir / 'model'})")
+            trainer.run(cfg, resume=resume is not None)

@@ -78,7 +78,8 @@ def pad_id(tokenizer) -> int:
 
 
 def open_teachers(cfg: TrainConfig, student_tokenizer, cache_dir: Path | None) -> list[Teacher]:
-    """Load the teachers' tokenizers, classify each, and check what needs a same-tokenizer teacher."""
+    """The teachers with their tokenizers (no weights yet): same tokenizer as the student or not, and
+    for the others the shared vocabulary (cached in ``cache_dir``)."""
     from distillm_edge.models import load_tokenizer
     from distillm_edge.training.batches import ensure_chat_template
     from distillm_edge.training.cross_tokenizer import shared_vocab
@@ -87,6 +88,7 @@ def open_teachers(cfg: TrainConfig, student_tokenizer, cache_dir: Path | None) -
     teachers = []
     names = [display_name(t.model) for t in cfg.teachers]
     for i, tc in enumerate(cfg.teachers):
+        check_device(i, tc.device)
         tok = student_tokenizer if tc.model == cfg.student.model else load_tokenizer(tc.model, progress=False)
         ensure_chat_template(tok)
         same = same_vocabulary(student_tokenizer, tok)
@@ -105,6 +107,18 @@ def open_teachers(cfg: TrainConfig, student_tokenizer, cache_dir: Path | None) -
     return teachers
 
 
+def check_device(index: int, device: str | None) -> None:
+    """A teacher's explicit ``device`` must exist here (checked before any weights load)."""
+    if not device or not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count()
+    wanted = int(device.split(":", 1)[1]) if ":" in device else 0
+    if wanted >= count:
+        have = f"only {count} CUDA GPU(s) are visible" if count else "no CUDA GPU is visible"
+        raise ConfigError(f"teachers[{index}].device {device}: {have}; set teachers[{index}].device to an existing GPU, "
+                          "or remove it to run the teacher where the student trains.")
+
+
 def load_teacher_weights(teachers: list[Teacher], cfg: TrainConfig, device: torch.device, *,
                          eager_attention: int | None = None) -> None:
     """Load each teacher frozen, in eval mode, on its device; teacher ``eager_attention`` returns attention maps."""
@@ -118,11 +132,12 @@ def load_teacher_weights(teachers: list[Teacher], cfg: TrainConfig, device: torc
             model.set_attn_implementation("eager")
         model.eval().requires_grad_(False)
         t.model = model
-        if t.vocab_map is not None:
+        if t.vocab_map is not None:  # the shared-vocabulary head, used when ULD is off
             if model.config.vocab_size < int(t.vocab_map[1].max()) + 1:
                 raise ConfigError(f"teacher {t.spec}: its tokenizer has ids beyond the model's vocabulary ({model.config.vocab_size}).")
             head = model.get_output_embeddings().weight
-            t.shared_head = head.detach()[t.vocab_map[1].to(head.device)] if head.dtype.is_floating_point else None
+            if cfg.cross_tokenizer.uld_weight == 0 and head.dtype.is_floating_point:
+                t.shared_head = head.detach()[t.vocab_map[1].to(head.device)]
 
 
 @torch.inference_mode()

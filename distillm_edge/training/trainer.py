@@ -29,6 +29,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ def run(cfg: TrainConfig, *, resume: bool = False) -> Path:
     try:
         train(r)
         finish(r)
+        r.log.say(f"[green]done:[/] {r.run_dir}  (student: {r.run_dir / 'model'})")
     finally:
         cleanup(r)
     return r.run_dir
@@ -481,9 +483,12 @@ def train(r: Run) -> None:
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
                 tokens += batch.tokens
                 seen += int(batch.attention_mask.sum())
-            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            flags = torch.tensor([sums["loss"], float(grad_norm)], device=acc.device)
-            finite = bool(torch.isfinite(acc.reduce(flags, reduction="sum")).all())
+            grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+            if world > 1:  # log the mean over processes; every process then agrees on skipping
+                keys = sorted(sums)
+                mean = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device), reduction="mean")
+                sums = dict(zip(keys, mean.tolist(), strict=True))
+            finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm)
             if finite:
                 r.optimizer.step()
                 state.bad_in_row = 0
@@ -499,14 +504,14 @@ def train(r: Run) -> None:
             state.tokens += tokens * world
             dt = time.perf_counter() - step_start
             state.elapsed = base_elapsed + time.perf_counter() - started
-            r.log.step(state, sums, tau=tau, lr=r.scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+            r.log.step(state, sums, tau=tau, lr=r.scheduler.get_last_lr()[0], grad_norm=grad_norm,
                        tokens_per_s=seen * world / dt, skipped=not finite)
             if not finite and state.bad_in_row >= cfg.max_bad_steps:
                 path = save(r)
                 bad = ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
                 raise TrainingStopped(
                     f"stopped at step {state.step}: {state.bad_in_row} steps in a row had a non-finite loss or gradient "
-                    f"(last: {bad}; grad_norm={float(grad_norm):.4g}). No update was applied from those steps; the weights "
+                    f"(last: {bad}; grad_norm={grad_norm:.4g}). No update was applied from those steps; the weights "
                     f"are saved in {path}. Lower lr (now {cfg.lr:g}) or max_grad_norm, check the data, or raise "
                     f"max_bad_steps, then continue with --resume {r.run_dir}."
                 )
@@ -539,9 +544,13 @@ def finish(r: Run) -> None:
     """Save the student, then evaluate before vs after on held-out data; write the report and plots."""
     acc = r.accelerator
     acc.wait_for_everyone()
-    if not acc.is_main_process:
-        return
-    student = acc.unwrap_model(r.student).eval()
+    if acc.is_main_process:
+        finish_main(r)
+    acc.wait_for_everyone()  # other processes wait until the model and report are written
+
+
+def finish_main(r: Run) -> None:
+    student = r.accelerator.unwrap_model(r.student).eval()
     base_loader = None
     if r.cfg.lora is not None and r.cfg.student.quantization != "none":
         def base_loader():  # QLoRA: merge the adapters into an unquantized copy of the base
@@ -589,26 +598,27 @@ def cleanup(r: Run) -> None:
 
 
 def probe(cfg: TrainConfig, strategies: list[str]) -> list[tuple[str, int, float]]:
-    """Print the held-out perplexity of ``student.model`` itself and of each layer selection of it."""
+    """Print the held-out perplexity of ``student.model`` itself and of each layer selection of it.
+
+    Uses the first ``eval_examples`` records of the held-out split, scored like the final table.
+    """
     from rich.console import Console
 
+    from distillm_edge.data import load_prepared
     from distillm_edge.models import LoadOptions, load_model, select_layers
     from distillm_edge.training.report import perplexity, probe_layers
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    for s in strategies:  # parse them all before loading anything
+    for s in strategies:  # a syntax error in any of them fails before the model loads
         select_layers(10**6, s)
     source, tokenizer = load_model(cfg.student.model, LoadOptions(dtype=cfg.student.dtype), progress=False)
     ensure_chat_template(tokenizer)
-    cfg_no_eval = cfg
-    path = prepared_data(cfg_no_eval, tokenizer)
-    from distillm_edge.data import load_prepared
-
+    path = prepared_data(cfg, tokenizer)
     records = list(load_prepared(path)["valid"])[: cfg.eval_examples or None]
     examples, _ = encode_records(records, tokenizer, {}, cfg.max_length, train_on_prompt=cfg.train_on_prompt)
-    tokens = sum(e.student.counted.count(True) - (1 if e.student.counted[0] else 0) for e in examples)
+    tokens = sum(sum(e.student.counted[1:]) for e in examples)
     console.print(f"{len(examples)} held-out examples from {path} ({tokens} response tokens)")
     rows = [("(all layers)", source.config.num_hidden_layers, perplexity(source, examples, pad_id(tokenizer)))]
     console.print(f"{rows[0][0]:<24} {rows[0][1]:>3} layers  perplexity {rows[0][2]:>14,.1f}")

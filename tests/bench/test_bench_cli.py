@@ -34,7 +34,7 @@ def test_quick_flag_and_errors(monkeypatch):
     seen = []
     monkeypatch.setattr("distillm_edge.bench.run.run", lambda cfg: seen.append(cfg))
     assert runner.invoke(app, ["bench", "--model", "m", "--quick"]).exit_code == 0
-    assert seen[0].quick and seen[0].prompt_lengths == (128,)
+    assert seen[0].quick and seen[0].prompt_lengths == (64,) and seen[0].batch_repeats == 1
     missing = runner.invoke(app, ["bench"])
     assert missing.exit_code != 0 and "--model" in missing.output
     wrong = runner.invoke(app, ["bench", "--model", "a", "--model", "b", "--model", "c",

@@ -17,7 +17,9 @@ def test_child_peak_sees_a_known_allocation_and_forwards_events():
     events = []
     result = run_in_child(allocate, 200, on_event=events.append, what="alloc")
     assert result.value == 200 * MIB // 4096
-    assert result.peak_rss >= result.start_rss + 200 * MIB
+    # >= 190, not 200: file-backed pages counted in start_rss (shared libraries) may be reclaimed by the
+    # kernel before the allocation peaks; CI once saw peak = start + 200 MiB - 32 KiB.
+    assert result.peak_rss >= result.start_rss + 190 * MIB
     assert result.peak_rss < result.start_rss + 400 * MIB
     assert events == [{"step": "allocating"}, {"step": "allocated"}]
 

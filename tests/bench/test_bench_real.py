@@ -1,7 +1,7 @@
 """A short real `bench` run on the embedded SmolLM2: its shipped GGUF on llama.cpp and torch fp32.
 
 Slow (loads real models in child processes; tens of seconds on 2 busy cores): 4 generated tokens,
-1 warm-up, 1 timed repetition, one 32-token prompt, batch 1 and 8 on torch.
+1 warm-up, 1 timed repetition, one 32-token prompt, batch 1 and 8 on torch (timed once).
 
 Run: ``pytest -m slow tests/bench/test_bench_real.py``.
 """
@@ -24,7 +24,7 @@ def test_quick_real_run_gguf_and_torch(tmp_path, smollm2_dir):
 
     cfg = BenchConfig(
         models=(ModelRun("smollm2-135m-instruct", "gguf"), ModelRun("smollm2-135m-instruct", "torch")),
-        prompt_lengths=(32,), gen_tokens=4, repeats=1, warmup=1, threads=1, out=tmp_path,
+        prompt_lengths=(32,), gen_tokens=4, repeats=1, warmup=1, threads=1, batch_repeats=1, out=tmp_path,
     )
     path = run(cfg, console=Console(file=io.StringIO()))
     result = json.loads(path.read_text())
@@ -39,4 +39,5 @@ def test_quick_real_run_gguf_and_torch(tmp_path, smollm2_dir):
     assert 0.5 < gguf["crosscheck"]["ratio"] < 1.5  # the real verdict (±10%) is in the report, not a timed test
     assert torch_row["weight_bytes"] == pytest.approx(134.5e6 * 4, rel=0.01)  # SmolLM2-135M in fp32, tied once
     assert set(torch_row["batch"]) == {"1", "8"} and torch_row["batch"]["8"]["decode_tps"] > 0
+    assert torch_row["batch_runs"] == {"warmup": 0, "timed": 1}
     assert (tmp_path / "report.md").is_file() and (tmp_path / "memory.png").is_file()

@@ -180,6 +180,40 @@ def test_lora_student_saves_merged_weights_and_adapter(tiny_llama_dir, tiny_data
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
+def test_qlora_student_trains_on_nf4_base_and_saves_an_unquantized_merge(tiny_llama_dir, tiny_data, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "qlora", max_steps=2, save_every=0,
+                      student={"model": str(tiny_llama_dir), "layers": None, "quantization": "nf4"},
+                      lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    with pytest.warns(UserWarning, match="slow"):
+        run_dir = trainer.run(cfg)
+    assert all(r["loss"] > 0 for r in train_rows(run_dir))
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert model.dtype == torch.float32 and not hasattr(model.config, "quantization_config")
+
+
+def test_wandb_without_the_package_is_a_clear_error(tiny_llama_dir, tiny_data, tmp_path):
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="pip install wandb"):
+            trainer.run(tiny_config(tiny_llama_dir, tiny_data, tmp_path / "wb", wandb=True))
+    else:
+        pytest.skip("wandb is installed")
+
+
+def test_missing_teacher_gpu_fails_before_any_weights_load(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
+    import distillm_edge.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "gpu", teachers=[{"model": str(tiny_llama_dir), "device": "cuda:1"}])
+    with pytest.raises(ConfigError, match=r"teachers\[0\].device cuda:1: only 1 CUDA GPU"):
+        trainer.run(cfg)
+
+
 def test_offline_hub_teacher_fails_before_any_weights_load(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
     import distillm_edge.models as models
 
@@ -188,6 +222,15 @@ def test_offline_hub_teacher_fails_before_any_weights_load(tiny_llama_dir, tiny_
     cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "hub", teachers=[{"model": "distillm-test/no-such-model"}])
     with pytest.raises(UserError, match="not in the local Hugging Face cache"):
         trainer.run(cfg)
+
+
+def test_probe_layers_reports_initial_perplexities(tiny_llama_dir, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "probe", eval_examples=2)
+    rows = trainer.probe(cfg, ["even:1", "first-last:0,1"])
+    assert [(r[0], r[1]) for r in rows] == [("(all layers)", 2), ("even:1", 1), ("first-last:0,1", 1)]
+    assert all(math.isfinite(r[2]) and r[2] > 1 for r in rows)
+    with pytest.raises(UserError, match="not a layer selection"):
+        trainer.probe(cfg, ["middle:3"])
 
 
 @pytest.mark.slow
