@@ -45,8 +45,8 @@ QUANTS: dict[str, dict[str, QuantInfo]] = {
            for q in DIRECT_TYPES},
         **{q: QuantInfo(bits, "llama.cpp quantizer (from f32)", "lossy") for q, (_, bits, _) in LLAMA_CPP_TYPES.items()},
     },
-    "onnx": {q: QuantInfo(bits, f"ORT GenAI builder: {desc}", "close" if q == "fp32" else "lossy")
-             for q, (_, bits, desc) in ONNX_TYPES.items()},
+    "onnx": {q: QuantInfo(t.bits, f"ORT GenAI builder: {t.description}", "close" if q == "fp32" else "lossy")
+             for q, t in ONNX_TYPES.items()},
 }
 CRITERIA = {
     "exact": "top-1 >= 99% and identical greedy continuations",

@@ -150,15 +150,15 @@ class TrainConfig:
     train_on_prompt: bool = False  # False: only response tokens count (prompt masking)
     curriculum: bool = False  # order each epoch by difficulty stage 1 -> 4
     max_train_examples: int | None = None
-    eval_examples: int = 24  # held-out examples for the before/after table (0 skips it)
+    eval_examples: int = 27  # held-out examples for the before/after table (0 skips it)
     # optimization
     epochs: int = 1
-    max_steps: int | None = 16  # optimizer steps; null: run all epochs
+    max_steps: int | None = 40  # optimizer steps; null: run all epochs
     batch_size: int = 1
-    grad_accum: int = 4
+    grad_accum: int = 8
     lr: float = 5e-4
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio after warmup (1.0 = constant)
-    warmup_steps: int = 2
+    warmup_steps: int = 4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     freeze_embeddings: bool = True  # keep the (tied) embedding/head frozen: fewer trainable params, faster on CPU
@@ -181,7 +181,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads (0: torch's default)
     out: str | None = None  # run directory; null: runs/train-<timestamp>
-    save_every: int = 8  # optimizer steps between checkpoints (0: only at the end)
+    save_every: int = 10  # optimizer steps between checkpoints (0: only at the end)
     log_every: int = 1
     keep_checkpoints: int = 2
     max_bad_steps: int = 5  # consecutive NaN/inf losses that stop the run
