@@ -4,8 +4,9 @@ A checkpoint is a directory ``<run>/checkpoints/step-000050/``, built under a te
 renamed into place, so a crash or Ctrl-C never leaves a half-written one:
 
 - ``trainable.safetensors``: every trainable tensor (student weights or LoRA adapters, plus the
-  hidden-state projections) by name. Frozen weights are not saved: ``setup`` rebuilds them
-  deterministically from the config (same teacher checkpoint, same layer selection);
+  hidden-state and learned vocabulary projections) by name. Frozen weights are not saved:
+  ``setup`` rebuilds them deterministically from the config (same teacher checkpoint, same
+  layer selection);
 - ``optimizer.pt``, ``scheduler.pt``, ``rng.pt``: ``torch.save`` state dicts, loaded back with
   ``weights_only=True`` (no pickled code runs on load);
 - ``state.json``: optimizer step, data position (global micro-batch index), counters, and a hash

@@ -5,6 +5,9 @@ A run's config comes from a recipe (``training/recipes/<name>.yaml``) or ``--con
 strict loader in ``distillm_edge.config``: an unknown key is an error that suggests the closest
 valid key. :meth:`TrainConfig.__post_init__` then names impossible combinations (QLoRA without
 LoRA, attention alignment with a cross-tokenizer teacher, ``kd_weight`` outside [0, 1], ...).
+A teacher with another tokenizer teaches through the shared vocabulary (+ ULD) by default;
+``cross_tokenizer.method: projection`` selects the research's learned vocabulary projection
+instead, for comparison (see :class:`CrossTokenizerConfig`).
 Whether a teacher shares the student's tokenizer is only known once tokenizers load; that check
 runs in ``trainer.setup`` right after, still before any weights load.
 
@@ -123,15 +126,39 @@ class AttentionConfig:
 
 @dataclass(frozen=True)
 class CrossTokenizerConfig:
-    """How a teacher with another tokenizer teaches: KL on the shared vocabulary plus ULD."""
+    """How a teacher with another tokenizer teaches (``method``):
 
+    - ``shared_vocab`` (the default): KL on the shared vocabulary, plus ULD when ``uld_weight > 0``;
+    - ``projection`` (the research's option, for comparison): the teacher's top-``projection_top_k``
+      probabilities are projected into the student vocabulary by a learned rank-``projection_rank``
+      MLP, trained jointly by cross-entropy on the student's next tokens; the student is distilled
+      towards the projected distribution. ULD does not apply (``uld_weight`` must be 0).
+    """
+
+    method: Literal["shared_vocab", "projection"] = "shared_vocab"
     uld_weight: float = 0.0  # weight of the ULD term next to shared-vocab KL (0: the teacher is projected onto the
     # shared vocabulary only, 5-6x cheaper for Gemma; > 0 needs its full softmax and a sort per aligned token)
     min_shared: int = 1000  # fewer shared tokens than this is an error (tokenizers too different)
+    projection_rank: int = 256  # method projection: bottleneck width of the learned projection
+    projection_top_k: int = 64  # method projection: teacher probabilities projected per aligned token
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.uld_weight <= 1.0:
             raise ConfigError(f"cross_tokenizer.uld_weight {self.uld_weight}: must be in [0, 1].")
+        for name in ("projection_rank", "projection_top_k"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"cross_tokenizer.{name} {value}: must be >= 1 (defaults: projection_rank 256, "
+                                  "projection_top_k 64).")
+        if self.method == "projection" and self.uld_weight > 0:
+            raise ConfigError(f"cross_tokenizer: method projection with uld_weight {self.uld_weight} is not possible: ULD "
+                              "belongs to the shared_vocab method. Set cross_tokenizer.uld_weight: 0 to use the learned "
+                              "projection, or method: shared_vocab to keep ULD.")
+
+    @property
+    def shared_only(self) -> bool:
+        """True when a teacher's logits are needed on the shared vocabulary only (shared_vocab, no ULD)."""
+        return self.method == "shared_vocab" and self.uld_weight == 0
 
 
 @dataclass(frozen=True)

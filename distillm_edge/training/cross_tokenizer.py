@@ -25,7 +25,10 @@ E.g. Gemma-3 (262,144-token SentencePiece vocab) teaching SmolLM2 (49,152-token 
    at 49k/262k vocabularies (numpy's sort on CPU), against ~2 ms for the shared-vocab part.
 4. Diagnostics (``alignment_report``) and, for comparison only, a learned projection of the
    teacher's top-k probabilities into the student vocabulary (``make_vocab_projection``,
-   ``projected_kd``), as in the research notes. It is not chunked and not the default.
+   ``projected_kd``), as in the research notes. It is not chunked and not the default; the
+   trainer uses it with ``cross_tokenizer.method: projection`` (one projection per teacher with
+   another tokenizer, trained jointly by its cross-entropy on the student's next tokens, saved
+   in checkpoints and as ``projection-<teacher>.safetensors`` in the run directory).
 
 Test: ``pytest tests/training/test_cross_tokenizer.py`` (``-m slow`` for the real tokenizers).
 """
@@ -491,14 +494,20 @@ def projected_kd(
     *,
     temperature: float = 1.0,
     kind: str = "forward_kl",
+    beta: float = 0.5,
+    skew: float = 0.1,
+    weights: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
     ignore_index: int = -100,
 ) -> tuple[Tensor, Tensor]:
     """``(kd, projection_ce)`` at aligned positions through the learned projection.
 
     kd: ``losses.kd_loss`` of the student against the projected teacher logits (detached, so the
-    projection cannot collapse onto the student). projection_ce: cross-entropy of the projected
-    logits against the student's next tokens ``labels`` [B, Ts] (already shifted), which trains
-    the projection; add both to the objective. Materializes [aligned tokens, Vs] tensors.
+    projection cannot collapse onto the student), weighted like ``cross_tokenizer_kd``: ``weights``
+    per sample [B] or per student token [B, Ts], ``normalizer`` replacing the denominator.
+    projection_ce: unweighted cross-entropy of the projected logits against the student's next
+    tokens ``labels`` [B, Ts] (already shifted), which trains the projection; add both to the
+    objective. Materializes [aligned tokens, Vs] tensors.
     """
     batch, seq = student_logits.shape[:2]
     aligned, t_index = _aligned_grid(student_pos, teacher_pos, batch, seq)
@@ -513,7 +522,11 @@ def projected_kd(
         top_p = (top_v - lse).exp()
     projected = projection(top_i, top_p)  # [n, Vs]
     student_rows = student_logits[b, t].unsqueeze(0)
-    kd = kd_loss(student_rows, projected.detach().unsqueeze(0), temperature=temperature, kind=kind)
+    row_w = None
+    if weights is not None:
+        row_w = (weights[b] if weights.dim() == 1 else weights[b, t]).unsqueeze(0)
+    kd = kd_loss(student_rows, projected.detach().unsqueeze(0), temperature=temperature, kind=kind, beta=beta, skew=skew,
+                 weights=row_w, normalizer=normalizer)
     if b.numel() == 0:
         return kd, projected.sum() * 0.0
     return kd, F.cross_entropy(projected.float(), labels[b, t].long())

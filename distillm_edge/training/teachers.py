@@ -12,7 +12,9 @@ about once). Only the rows that are used are projected to the vocabulary
 (``logits_to_keep=<mask>``); a cross-tokenizer teacher trained with shared-vocabulary KL alone
 (``uld_weight: 0``) is projected onto the shared entries only (46k of Gemma's 262k rows for
 SmolLM2), which is 5-6x cheaper and gives identical numbers, because the shared-vocabulary KL
-is a softmax over exactly those logits.
+is a softmax over exactly those logits. The learned vocabulary projection
+(``cross_tokenizer.method: projection``) needs the teacher's full logits for its top-k, so that
+shortcut is off there.
 
 Test: ``pytest tests/training/test_trainer.py``.
 """
@@ -132,11 +134,11 @@ def load_teacher_weights(teachers: list[Teacher], cfg: TrainConfig, device: torc
             model.set_attn_implementation("eager")
         model.eval().requires_grad_(False)
         t.model = model
-        if t.vocab_map is not None:  # the shared-vocabulary head, used when ULD is off
+        if t.vocab_map is not None:  # the shared-vocabulary head, used by shared_vocab without ULD
             if model.config.vocab_size < int(t.vocab_map[1].max()) + 1:
                 raise ConfigError(f"teacher {t.spec}: its tokenizer has ids beyond the model's vocabulary ({model.config.vocab_size}).")
             head = model.get_output_embeddings().weight
-            if cfg.cross_tokenizer.uld_weight == 0 and head.dtype.is_floating_point:
+            if cfg.cross_tokenizer.shared_only and head.dtype.is_floating_point:
                 t.shared_head = head.detach()[t.vocab_map[1].to(head.device)]
 
 

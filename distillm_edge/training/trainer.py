@@ -4,16 +4,18 @@
   tokenizer; impossible combinations fail here, before any weights load), the prepared data
   (the built-in corpus through the data pipeline unless ``data:`` names a prepared dataset),
   teachers (frozen, eval mode), the student (cut from a model by layer selection, optionally
-  LoRA/QLoRA through peft), hidden-state projections, AdamW + warmup/cosine LR, Accelerate
-  (device placement, mixed precision, DDP under ``accelerate launch``), and a checkpoint to
-  resume from;
+  LoRA/QLoRA through peft), hidden-state projections, learned vocabulary projections
+  (``cross_tokenizer.method: projection`` only), AdamW + warmup/cosine LR, Accelerate (device
+  placement, mixed precision, DDP under ``accelerate launch``), and a checkpoint to resume from;
 - ``train``: per optimizer step, ``grad_accum`` micro-batches; each runs the teachers under
   ``torch.inference_mode()`` and the student, and :func:`compute_loss` mixes
-  ``(1 - kd_weight) CE + kd_weight KD`` (+ hidden-state, attention and L2 terms). A NaN/inf
+  ``(1 - kd_weight) CE + kd_weight KD`` (+ hidden-state, attention and L2 terms, and the
+  vocabulary projections' own cross-entropy, which trains only them). A NaN/inf
   loss or gradient skips the step (counted); ``max_bad_steps`` in a row stop the run with a
   message. Checkpoints every ``save_every`` steps; Ctrl-C saves one and exits;
 - ``finish``: the student as a Hugging Face checkpoint (``model/``), the before/after held-out
-  table (``report.md``, ``summary.json``), the loss-curve PNG;
+  table (``report.md``, ``summary.json``), the loss-curve PNG, and any learned vocabulary
+  projection as ``projection-<teacher>.safetensors`` (for inspection; not part of the model);
 - ``cleanup``: close loggers.
 
 The run directory holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``tb/`` (TensorBoard),
@@ -92,6 +94,7 @@ class Run:
     hidden_map: dict[int, int] = field(default_factory=dict)  # student hidden_states index -> teacher's
     attention_map: dict[int, int] = field(default_factory=dict)  # student block -> teacher block
     l2_reference: list[torch.Tensor] | None = None
+    vocab_projections: torch.nn.ModuleDict | None = None  # teacher index -> TopKVocabProjection (method projection)
     specialty_counts: dict[str, int] = field(default_factory=dict)  # training examples per specialty
     setup_seconds: float = 0.0
 
@@ -287,6 +290,9 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
     trainable = [p for p in student.parameters() if p.requires_grad]
     if projections is not None:
         trainable += list(projections.parameters())
+    vocab_projections = make_vocab_projections(cfg, teachers, student.config.vocab_size, log)
+    if vocab_projections is not None:
+        vocab_projections.to(accelerator.device)
     n_train = sum(p.numel() for p in trainable)
     n_all = sum(p.numel() for p in student.parameters())
     log.say(f"student: {student.config.num_hidden_layers} layers"
@@ -294,7 +300,10 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
             + f", {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.1f}M trainable")
     l2_reference = [p.detach().clone() for p in trainable] if cfg.l2_weight > 0 else None
 
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": trainable}]  # group 0: the student (+ hidden projections): clipped together, L2-SP
+    if vocab_projections is not None:  # group 1: trained by their own cross-entropy, clipped on their own
+        groups.append({"params": list(vocab_projections.parameters())})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     world = accelerator.num_processes
     plan = micro_batches(train_examples, cfg.batch_size, seed=cfg.seed, curriculum=cfg.curriculum, epochs=cfg.epochs)
     total_steps = len(plan) // (cfg.grad_accum * world)
@@ -313,7 +322,8 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
 
     r = Run(cfg, run_dir, accelerator, tokenizer, student, teachers, projections, optimizer, scheduler,
             train_examples, valid_examples, plan, total_steps, log, initial_student=initial,
-            hidden_map=hidden_map, attention_map=attention_map, l2_reference=l2_reference)
+            hidden_map=hidden_map, attention_map=attention_map, l2_reference=l2_reference,
+            vocab_projections=vocab_projections)
     if cfg.specialty_weights is not None:
         counts: dict[str, int] = {}
         for e in train_examples:
@@ -333,6 +343,35 @@ def modules(r: Run) -> dict[str, torch.nn.Module]:
     out = {"student": r.accelerator.unwrap_model(r.student)}
     if r.projections is not None:
         out["projections"] = r.accelerator.unwrap_model(r.projections)
+    if r.vocab_projections is not None:
+        out["vocab_projections"] = r.vocab_projections
+    return out
+
+
+def make_vocab_projections(cfg: TrainConfig, teachers: list[Teacher], student_vocab: int,
+                           log: RunLog) -> torch.nn.ModuleDict | None:
+    """``cross_tokenizer.method: projection``: one learned teacher->student vocabulary projection per
+    teacher with another tokenizer, keyed by teacher index; None with the default shared_vocab method.
+
+    They stay out of ``accelerator.prepare`` (a DDP-wrapped ModuleDict cannot be indexed); ``train``
+    averages their gradients over processes itself.
+    """
+    from distillm_edge.training.cross_tokenizer import make_vocab_projection
+
+    ct = cfg.cross_tokenizer
+    if ct.method != "projection":
+        return None
+    cross = [t for t in teachers if not t.same_tokenizer]
+    if not cross:
+        log.say("[yellow]cross_tokenizer.method: projection has no effect: every teacher shares the student's tokenizer.[/]")
+        return None
+    out = torch.nn.ModuleDict()
+    for t in cross:
+        proj = make_vocab_projection(t.model.config.vocab_size, student_vocab, rank=ct.projection_rank, top_k=ct.projection_top_k)
+        out[str(t.index)] = proj
+        log.say(f"teacher {t.name}: learned vocabulary projection {t.model.config.vocab_size:,} -> {student_vocab:,} "
+                f"(top-{proj.top_k}, rank {ct.projection_rank}, {sum(p.numel() for p in proj.parameters()) / 1e6:.1f}M "
+                "parameters), for comparison with the shared-vocabulary KL")
     return out
 
 
@@ -367,11 +406,13 @@ def compute_loss(r: Run, batch: Batch, tau: float) -> dict[str, torch.Tensor]:
         outs = {t.index: teacher_forward(t, batch, student_vocab=vocab,
                                          hidden=bool(r.hidden_map) and t.index == cfg.hidden.teacher,
                                          attentions=bool(r.attention_map) and t.index == cfg.attention.teacher,
-                                         shared_only=cfg.cross_tokenizer.uld_weight == 0)
+                                         shared_only=cfg.cross_tokenizer.shared_only)
                 for t in r.teachers}
         if cfg.kd_weight > 0.0:
             parts |= distillation(r, batch, logits, outs, row_w, tau)
             total = total + cfg.kd_weight * parts["kd"]
+            for key in [k for k in parts if k.startswith("projection_ce/")]:  # trains the vocab projections only
+                total = total + parts[key]
         if r.hidden_map:
             t = r.teachers[cfg.hidden.teacher]
             view = None if t.same_tokenizer else batch.views[t.index]
@@ -388,7 +429,7 @@ def compute_loss(r: Run, batch: Batch, tau: float) -> dict[str, torch.Tensor]:
                 cross_tokenizer=view is not None)
             total = total + cfg.attention.weight * parts["attention"]
     if r.l2_reference is not None:
-        params = [p for group in r.optimizer.param_groups for p in group["params"]]
+        params = r.optimizer.param_groups[0]["params"]  # not the vocabulary projections
         parts["l2"] = l2_penalty(params, r.l2_reference)
         total = total + cfg.l2_weight * parts["l2"]
     parts["loss"] = total
@@ -399,11 +440,15 @@ def distillation(r: Run, batch: Batch, logits: torch.Tensor, outs: dict, row_w: 
                  tau: float) -> dict[str, torch.Tensor]:
     """``kd``: the teachers' KD losses combined, and each teacher's own (``kd/<name>``, for the logs).
 
+    A teacher with another tokenizer is compared on the shared vocabulary (+ ULD), or with
+    ``cross_tokenizer.method: projection`` against its learned vocabulary projection, whose
+    cross-entropy comes back as ``projection_ce/<name>`` (not detached: the caller adds it).
+
     Static weighting: ``sum_k w_k KD_k`` (each KD_k a mean over the rows teacher k covers).
     Confidence weighting: per row, teacher k gets ``c_k`` from its entropy (``losses.confidence_weights``,
     the static weights as prior); a cross-tokenizer teacher is only available at aligned rows.
     """
-    from distillm_edge.training.cross_tokenizer import cross_tokenizer_kd
+    from distillm_edge.training.cross_tokenizer import cross_tokenizer_kd, projected_kd
     from distillm_edge.training.losses import confidence_weights, kd_loss, token_entropy
 
     cfg, dev, n = r.cfg, logits.device, logits.shape[1]
@@ -432,6 +477,11 @@ def distillation(r: Run, batch: Batch, logits: torch.Tensor, outs: dict, row_w: 
         w, norm, scale = (row_w, None, t.weight) if conf is None else (base_w * conf[t.index], base_w.sum(), 1.0)
         if t.same_tokenizer:
             part = kd_loss(logits, tl, weights=w, normalizer=norm, **common)
+        elif r.vocab_projections is not None:
+            view = batch.views[t.index]
+            part, parts[f"projection_ce/{t.name}"] = projected_kd(
+                logits, tl, view.student_rows.view(1, -1).to(dev), view.teacher_rows.view(1, -1).to(dev),
+                r.vocab_projections[str(t.index)], batch.targets.view(1, -1).to(dev), weights=w, normalizer=norm, **common)
         else:
             view = batch.views[t.index]
             s_ids, t_ids = t.vocab_map
@@ -461,7 +511,8 @@ def train(r: Run) -> None:
     world, rank = acc.num_processes, acc.process_index
     pads = {t.index: t.pad_id for t in r.teachers if not t.same_tokenizer}
     student_pad = pad_id(r.tokenizer)
-    params = [p for group in r.optimizer.param_groups for p in group["params"]]
+    params = r.optimizer.param_groups[0]["params"]
+    vocab_params = [p for group in r.optimizer.param_groups[1:] for p in group["params"]]  # vocabulary projections
     r.student.train()
     r.log.start(r.total_steps, state.step)
     started, base_elapsed = time.perf_counter(), state.elapsed
@@ -483,12 +534,20 @@ def train(r: Run) -> None:
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
                 tokens += batch.tokens
                 seen += int(batch.attention_mask.sum())
-            grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+            if world > 1:  # the vocabulary projections are not DDP-wrapped: average their gradients here
+                for p in vocab_params:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad.div_(world)
+            grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))  # (unscales every group under fp16)
+            vocab_norm = 0.0  # vocabulary projections: clipped on their own, their CE must not shrink the student's step
+            if vocab_params:
+                vocab_norm = float(torch.nn.utils.clip_grad_norm_(vocab_params, cfg.max_grad_norm))
             if world > 1:  # log the mean over processes; every process then agrees on skipping
                 keys = sorted(sums)
                 mean = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device), reduction="mean")
                 sums = dict(zip(keys, mean.tolist(), strict=True))
-            finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm)
+            finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm) and math.isfinite(vocab_norm)
             if finite:
                 r.optimizer.step()
                 state.bad_in_row = 0
@@ -559,12 +618,37 @@ def finish_main(r: Run) -> None:
             return load_model(r.cfg.student.model, LoadOptions(dtype=r.cfg.student.dtype), progress=False)[0]
     out = ckpt.save_student(student, r.tokenizer, r.run_dir / "model", lora=r.cfg.lora is not None, base_loader=base_loader)
     r.log.say(f"student saved: {out}")
+    for path in save_vocab_projections(r):
+        r.log.say(f"vocabulary projection saved: {path}")
     plot_losses(r.run_dir / "metrics.jsonl", r.run_dir / "loss_curve.png")
     summ = evaluate_run(r, student) if r.valid_examples else None
     result = {"run_dir": str(r.run_dir), "model": str(out), "steps": r.state.step, "target_tokens": r.state.tokens,
               "train_seconds": r.state.elapsed, "setup_seconds": r.setup_seconds, "bad_steps": r.state.bad_steps,
               "evaluation": summ}
     atomic_write_json(r.run_dir / "summary.json", result)
+
+
+def save_vocab_projections(r: Run) -> list[Path]:
+    """Each learned vocabulary projection as ``projection-<teacher>.safetensors`` in the run directory."""
+    from safetensors.torch import save_file
+
+    from distillm_edge.io import atomic_path
+
+    if r.vocab_projections is None:
+        return []
+    paths = []
+    for t in r.teachers:
+        if str(t.index) not in r.vocab_projections:
+            continue
+        proj = r.vocab_projections[str(t.index)]
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in proj.state_dict().items()}
+        meta = {"teacher": t.spec, "student": r.cfg.student.model, "top_k": str(proj.top_k),
+                "rank": str(proj.up.in_features), "step": str(r.state.step)}
+        path = r.run_dir / f"projection-{t.name}.safetensors"
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        paths.append(path)
+    return paths
 
 
 def evaluate_run(r: Run, student) -> dict:

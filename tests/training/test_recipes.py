@@ -63,12 +63,24 @@ def test_default_is_tiny_cpu_and_overrides_apply():
         ({"deepspeed": "zero3"}, "not implemented yet"),
         ({"teachers": [], "kd_weight": 0.5}, "add a teacher"),
         ({"grad_accum": 0}, "must be >= 1"),
+        ({"cross_tokenizer": {"method": "projection", "uld_weight": 0.5}},
+         "method projection with uld_weight 0.5 is not possible"),
+        ({"cross_tokenizer": {"method": "projection", "projection_rank": 0}}, "cross_tokenizer.projection_rank 0: must be >= 1"),
+        ({"cross_tokenizer": {"projection_top_k": -1}}, "cross_tokenizer.projection_top_k -1: must be >= 1"),
+        ({"cross_tokenizer": {"method": "mlp"}}, "is not one of"),
     ],
 )
 def test_config_validation_names_the_problem(data, message):
     with pytest.raises(ConfigError) as exc:
         from_mapping(TrainConfig, data)
     assert message in str(exc.value)
+
+
+def test_cross_tokenizer_projection_is_an_option_not_the_default():
+    assert resolve_config("gemma-llama-cross").cross_tokenizer.method == "shared_vocab"
+    cfg = from_mapping(TrainConfig, {"cross_tokenizer": {"method": "projection", "projection_rank": 8}})
+    assert cfg.cross_tokenizer.projection_rank == 8 and not cfg.cross_tokenizer.shared_only
+    assert TrainConfig().cross_tokenizer.shared_only  # shared_vocab without ULD: the shared-head shortcut applies
 
 
 def test_unknown_recipe_suggests_the_closest():

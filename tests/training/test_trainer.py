@@ -2,6 +2,7 @@
 
 - a short run: loss falls, the run directory has every file, the student reloads as a normal HF checkpoint;
 - Ctrl-C (KeyboardInterrupt) saves a checkpoint; ``--resume`` reproduces the uninterrupted run's losses;
+- ``cross_tokenizer.method: projection``: the learned vocabulary projection trains, is saved, and resumes;
 - NaN/inf losses skip the step (counted); ``max_bad_steps`` in a row stop the run with a message;
 - checks that need the tokenizers (hub ids offline, layer maps) fail before training;
 - slow: ``tiny-cpu`` with both embedded teachers (Gemma-3 cross-tokenizer included) for a few steps.
@@ -55,6 +56,33 @@ def tiny_gemma_dir(tmp_path_factory, gemma_dir) -> Path:
     out = tmp_path_factory.mktemp("tiny_gemma")
     Gemma3ForCausalLM(cfg).save_pretrained(out)
     AutoTokenizer.from_pretrained(gemma_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random Llama with its own 1,024-token byte-level BPE (trained on the built-in corpus in
+    well under a second): a cross-tokenizer teacher that loads in moments, unlike Gemma's 262k-token tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from distillm_edge.data import builtin_corpus_path
+
+    rows = [json.loads(line) for line in builtin_corpus_path().read_text(encoding="utf-8").splitlines() if line.strip()]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([r["question"] + "\n" + r["answer"] for r in rows],
+                            trainers.BpeTrainer(vocab_size=1024, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    torch.manual_seed(2)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=512, bos_token_id=fast.bos_token_id,
+                      eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    out = tmp_path_factory.mktemp("tiny_cross")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    fast.save_pretrained(out)
     return out
 
 
@@ -128,6 +156,67 @@ def test_interrupted_run_resumes_with_the_same_losses(tiny_llama_dir, tiny_data,
     trainer.run(cfg, resume=True)
     got = {r["step"]: r["loss"] for r in train_rows(tmp_path / "cut")}
     assert [got[s] for s in range(1, 7)] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+def test_learned_vocab_projection_trains_saves_and_resumes(tiny_llama_dir, tiny_cross_dir, tiny_data, tmp_path,
+                                                          monkeypatch, capsys):
+    """cross_tokenizer.method: projection with a cross-tokenizer teacher: its own CE is logged, the full teacher
+    logits feed the top-k, the projection is saved beside the model, and --resume reproduces the losses."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    def cfg(out):
+        return tiny_config(tiny_llama_dir, tiny_data, out, teachers=[{"model": str(tiny_cross_dir)}],
+                           cross_tokenizer={"method": "projection", "projection_rank": 8, "projection_top_k": 16,
+                                            "min_shared": 100})
+
+    widths = []
+    original_forward = trainer.teacher_forward
+
+    def recording_forward(*args, **kwargs):
+        out = original_forward(*args, **kwargs)
+        widths.append(out.logits.shape[-1])
+        return out
+
+    monkeypatch.setattr(trainer, "teacher_forward", recording_forward)
+    full = trainer.run(cfg(tmp_path / "full"))
+    log = capsys.readouterr().err
+    assert "other tokenizer" in log and "shared tokens" in log  # the shared-vocab diagnostics still print
+    assert "learned vocabulary projection 1,024 -> 49,152 (top-16, rank 8" in log
+    assert widths and set(widths) == {1024}  # the full teacher logits, not the shared-vocabulary shortcut
+    rows = train_rows(full)
+    name = tiny_cross_dir.name
+    assert all(math.isfinite(r[f"loss/projection_ce/{name}"]) and r[f"loss/projection_ce/{name}"] > 0 for r in rows)
+    assert all(math.isfinite(r[f"loss/kd/{name}"]) and r[f"loss/kd/{name}"] > 0 for r in rows)
+    saved = load_file(full / f"projection-{name}.safetensors")
+    assert {k: tuple(v.shape) for k, v in saved.items()} == {"down.weight": (1024, 8), "up.weight": (49152, 8),
+                                                             "up.bias": (49152,)}
+    with safe_open(full / f"projection-{name}.safetensors", "pt") as fh:
+        assert fh.metadata()["top_k"] == "16" and fh.metadata()["teacher"] == str(tiny_cross_dir)
+    step3, step6 = (load_file(full / "checkpoints" / s / "trainable.safetensors") for s in ("step-000003", "step-000006"))
+    assert torch.equal(step6["vocab_projections.0.up.weight"], saved["up.weight"])
+    assert not torch.equal(step3["vocab_projections.0.up.weight"], step6["vocab_projections.0.up.weight"])  # it trains
+    assert not any(k.startswith("vocab_projections") for k in load_file(next((full / "model").glob("*.safetensors"))))
+
+    calls = {"n": 0}
+    original = trainer.compute_loss
+
+    def interrupt_in_step_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:  # first micro-batch of step 5 (grad_accum 2)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "compute_loss", interrupt_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(cfg(tmp_path / "cut"))
+    monkeypatch.setattr(trainer, "compute_loss", original)
+    trainer.run(cfg(tmp_path / "cut"), resume=True)
+    got = {r["step"]: r for r in train_rows(tmp_path / "cut")}
+    for key in ("loss", f"loss/projection_ce/{name}"):
+        assert [got[s][key] for s in range(1, 7)] == pytest.approx([r[key] for r in rows], rel=1e-6, abs=1e-7), key
+    resumed = load_file(tmp_path / "cut" / f"projection-{name}.safetensors")
+    assert all(torch.allclose(resumed[k], saved[k], rtol=1e-5, atol=1e-6) for k in saved)
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
