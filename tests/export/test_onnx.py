@@ -35,7 +35,7 @@ def test_int4_export_generates(tmp_path, tiny_llama_dir, small_parity):
     result = run(ExportConfig(model=str(tiny_llama_dir), format="onnx", quant="int4", outdir=tmp_path, threads=2))
     manifest = result.manifest
     assert manifest["criterion"] == "lossy" and manifest["parity"]["ppl_increase"] < 0.25 and result.verified
-    assert manifest["bits_per_weight"] < 9  # 4-bit blocks plus scales (+ the f32 norms)
+    assert manifest["bits_per_weight"] < 10  # a 2-layer model is mostly 8-bit (embedding/head, sensitive layers)
     backend = OnnxBackend(str(result.artifact), threads=2)
     try:
         assert backend.info.dtype == "int4"
@@ -49,10 +49,15 @@ def test_int4_export_generates(tmp_path, tiny_llama_dir, small_parity):
 def test_smollm2_int4_export_generates_and_reports_perplexity(tmp_path, smollm2_dir, small_parity):
     from distillm_edge.backends.onnx_backend import OnnxBackend
     from distillm_edge.export import ExportConfig, run
+    from distillm_edge.export.onnx_convert import ONNX_TYPES
 
     result = run(ExportConfig(model="smollm2-135m-instruct", format="onnx", quant="int4", outdir=tmp_path, threads=2))
     p = result.manifest["parity"]
     assert p["tokenizer_match"] and p["ppl_source"] < p["ppl_artifact"] and p["top1_agreement"] > 0.5
+    # the builder's default int4 (tied embedding + head in 4-bit RTN) gave +38.5% here and fails the bound;
+    # k-quant with the head and sensitive layers in 8-bit measured +15.6%
+    assert result.verified and p["ppl_increase"] < 0.25 and result.manifest["bits_per_weight"] < 8
+    assert result.manifest["export"]["extra_options"] == list(ONNX_TYPES["int4"].extra_options)
     backend = OnnxBackend(str(result.artifact), threads=2)
     try:
         ids = backend.chat_ids([{"role": "user", "content": "What is the normal range of blood pressure?"}])
