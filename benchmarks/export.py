@@ -97,7 +97,7 @@ def main() -> None:
                 "model": key, "format": fmt, "quant": quant, "export_s": m["export"]["seconds"],
                 "total_s": round(time.perf_counter() - wall0, 1), "cpu_s": round(cpu_seconds() - cpu0, 1),
                 "mib": round(m["total_bytes"] / 2**20, 1), "bpw": m["bits_per_weight"], "kl": p["mean_kl"],
-                "top1": p["top1_agreement"], "greedy": f"{p['greedy_identical']}/{p['greedy_prompts']}",
+                "top1": p["top1_agreement"], "greedy": f"{p['greedy_identical']}/{p['greedy_prompts']}" + (f"+{p['greedy_tie_parted']}t" if p.get("greedy_tie_parted") else ""),
                 "greedy_prefix": p["greedy_mean_prefix"], "ppl_src": p["ppl_source"], "ppl_art": p["ppl_artifact"],
                 "ppl_inc": p["ppl_increase"], "verified": m["verified"], "failures": m["failures"],
             })

@@ -257,7 +257,8 @@ def summary_table(result: ExportResult) -> Table:
     if p:
         table.add_row("mean KL", f"{p['mean_kl']:.2e} over {p['positions']} positions")
         table.add_row("top-1 agreement", f"{p['top1_agreement']:.2%}")
-        table.add_row("greedy identical", f"{p['greedy_identical']}/{p['greedy_prompts']} prompts "
+        tie = f", {p['greedy_tie_parted']} parted at a tie of the source" if p.get("greedy_tie_parted") else ""
+        table.add_row("greedy identical", f"{p['greedy_identical']}/{p['greedy_prompts']} prompts{tie} "
                       f"(mean prefix {p['greedy_mean_prefix']:.1f}/{p['max_new_tokens']})")
         table.add_row("perplexity", f"{p['ppl_source']:.2f} → {p['ppl_artifact']:.2f} ({p['ppl_increase']:+.1%})")
         table.add_row("tokenizer", "identical" if p["tokenizer_match"] else "[red]differs[/]")

@@ -180,7 +180,7 @@ def test_smollm2_gguf_f16_tokenizer_and_logit_parity(tmp_path, smollm2_dir, smol
     result = run(ExportConfig(model="smollm2-135m-instruct", format="gguf", quant="f16", outdir=tmp_path, threads=2))
     assert result.verified, result.failures
     p = result.manifest["parity"]
-    assert p["top1_agreement"] >= 0.99 and p["greedy_identical"] == p["greedy_prompts"]
+    assert p["top1_agreement"] >= 0.99 and p["greedy_identical"] + p["greedy_tie_parted"] == p["greedy_prompts"]
     backend = _backend(result.artifact)
     try:
         _tokenizer_parity(backend, smollm2_tokenizer, tokenizer_sample, chat_sample)
