@@ -43,6 +43,10 @@ class Scores:
     student_tokens: int = 0
     kl: dict[str, float] = field(default_factory=dict)  # teacher name -> summed KL
     kl_rows: dict[str, int] = field(default_factory=dict)
+    # another-tokenizer teacher only: alignment diagnostics over the evaluation set
+    aligned: int = 0  # student positions with an aligned teacher position
+    mass: float = 0.0  # summed teacher probability on the shared vocabulary at those positions
+    vocab_overlap: float | None = None  # shared tokens / student vocabulary
 
     @property
     def perplexity(self) -> float:
@@ -86,6 +90,8 @@ def evaluate(students: dict[str, torch.nn.Module], teachers: Sequence, examples:
             sc = scores[t.name]
             sc.nll += out.nll
             sc.student_tokens += n
+            if not t.same_tokenizer:
+                _alignment(sc, t, out, batch, vocab)
             for name, logits in s_logits.items():
                 if t.same_tokenizer:
                     kl, rows = float(kd_loss(logits, out.logits.to(logits.device), normalizer=1.0)), n
@@ -97,6 +103,17 @@ def evaluate(students: dict[str, torch.nn.Module], teachers: Sequence, examples:
         if progress is not None:
             progress(i + 1)
     return scores
+
+
+def _alignment(sc: Scores, t, out, batch, student_vocab: int) -> None:
+    """Add one example's aligned positions and shared-vocabulary teacher mass (full teacher softmax)."""
+    view = batch.views[t.index]
+    sc.aligned += int(view.student_rows.numel())
+    sc.vocab_overlap = len(t.vocab_map[1]) / student_vocab if student_vocab else None
+    if view.student_rows.numel() and not out.shared_only:
+        rows = out.logits[0, view.eval_teacher_rows.to(out.logits.device)].float()
+        t_ids = t.vocab_map[1].to(rows.device)
+        sc.mass += float((rows[:, t_ids].logsumexp(-1) - rows.logsumexp(-1)).exp().sum())
 
 
 def gap_closed(before: float, after: float, teacher: float) -> float:
@@ -123,6 +140,13 @@ def summary(scores: dict[str, Scores], teacher_names: Sequence[str], before: str
             "kl_after": a.mean_kl(name),
             "gap_closed_log": gap_closed(b.perplexity, a.perplexity, ppl),
         }
+        t = scores[name]
+        if t.vocab_overlap is not None:
+            out["teachers"][name]["alignment"] = {
+                "aligned_share": t.aligned / t.student_tokens if t.student_tokens else float("nan"),
+                "vocab_overlap": t.vocab_overlap,
+                "teacher_mass_on_shared": t.mass / t.aligned if t.aligned else float("nan"),
+            }
     return out
 
 
@@ -147,6 +171,12 @@ def format_table(summ: dict) -> str:
         "Perplexities are per student token; KL for another-tokenizer teacher: aligned positions, shared vocabulary.",
         "Gap closed = (ln ppl_before - ln ppl_after) / (ln ppl_before - ln ppl_teacher).",
     ]
+    for name, t in summ["teachers"].items():
+        if "alignment" in t:
+            al = t["alignment"]
+            lines.append(f"Alignment to {name}: {100 * al['aligned_share']:.1f}% of student positions aligned, "
+                         f"shared vocabulary {100 * al['vocab_overlap']:.1f}% of the student's, teacher mass on it "
+                         f"{100 * al['teacher_mass_on_shared']:.1f}%.")
     return "\n".join(lines)
 
 

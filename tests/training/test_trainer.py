@@ -126,6 +126,10 @@ def test_short_run_learns_and_writes_a_complete_run_directory(tiny_llama_dir, ti
     ev = summary["evaluation"]
     assert ev["student_perplexity"]["after"] < ev["student_perplexity"]["before"]
     assert set(ev["teachers"]) == {tiny_llama_dir.name, tiny_gemma_dir.name}
+    assert "alignment" not in ev["teachers"][tiny_llama_dir.name]  # same tokenizer: nothing to align
+    al = ev["teachers"][tiny_gemma_dir.name]["alignment"]  # Gemma's real tokenizer against SmolLM2's
+    assert 0.5 < al["aligned_share"] <= 1 and 0.5 < al["vocab_overlap"] < 1 and 0 < al["teacher_mass_on_shared"] <= 1
+    assert f"Alignment to {tiny_gemma_dir.name}:" in (run_dir / "report.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     assert model.config.num_hidden_layers == 1 and model.config.distillm_layer_map == {"0": 0}
     assert list((run_dir / "model").glob("*.safetensors"))
@@ -341,6 +345,8 @@ def test_tiny_cpu_recipe_end_to_end(tmp_path):
     ev = json.loads((run_dir / "summary.json").read_text())["evaluation"]
     assert set(ev["teachers"]) == {"smollm2-135m-instruct", "gemma-3-270m"}
     assert ev["teachers"]["smollm2-135m-instruct"]["perplexity"] < 100
+    al = ev["teachers"]["gemma-3-270m"]["alignment"]  # measured on the real pair: ~95% aligned, ~94% overlap
+    assert al["aligned_share"] > 0.8 and al["vocab_overlap"] > 0.8 and al["teacher_mass_on_shared"] > 0.5
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     assert model.config.num_hidden_layers == 15
     assert "<|im_start|>" in AutoTokenizer.from_pretrained(run_dir / "model").chat_template
