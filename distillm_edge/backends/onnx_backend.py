@@ -39,14 +39,15 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def _weight_dtype(graph_file: Path, io_type: str) -> str:
-    """int4/int8 when the graph has MatMulNBits nodes, else the float type of its inputs."""
+    """int4/int8 when the graph has MatMulNBits nodes (the narrowest width present: our int4 keeps the
+    head and the sensitive layers 8-bit, and its first layer is one of them), else the float type."""
     import onnx
 
     model = onnx.load(str(graph_file), load_external_data=False)
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
-            return f"int{bits}"
+    widths = {next((a.i for a in node.attribute if a.name == "bits"), 4)
+              for node in model.graph.node if node.op_type == "MatMulNBits"}
+    if widths:
+        return f"int{min(widths)}"
     return "fp16" if io_type == "tensor(float16)" else "fp32"
 
 
