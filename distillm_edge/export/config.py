@@ -4,7 +4,8 @@ Every quantization the command offers is listed in ``QUANTS`` with how it is pro
 approximate bits per weight (for ``--list-quants`` size estimates) and the parity criterion its
 verification applies:
 
-- ``exact`` (GGUF f32/f16/bf16): top-1 agreement >= 99% and identical 64-token greedy continuations;
+- ``exact`` (GGUF f32/f16/bf16): top-1 agreement >= 99% and identical 64-token greedy continuations
+  (one that parts from the source at a tie of the source is accepted: see ``parity.py``);
 - ``close`` (GGUF q8_0, ONNX fp32): top-1 agreement >= 97%;
 - ``lossy`` (4-8-bit llama.cpp types, ONNX int4/int8): held-out perplexity may rise by at most
   ``max_ppl_increase`` (default 25%); KL and top-1 are reported.
@@ -50,7 +51,7 @@ QUANTS: dict[str, dict[str, QuantInfo]] = {
              for q, t in ONNX_TYPES.items()},
 }
 CRITERIA = {
-    "exact": "top-1 >= 99% and identical greedy continuations",
+    "exact": "top-1 >= 99% and identical greedy continuations (a parting at a tie of the source allowed)",
     "close": "top-1 >= 97%",
     "lossy": "perplexity increase <= --max-ppl-increase",
 }
