@@ -136,20 +136,25 @@ def test_short_run_learns_and_writes_a_complete_run_directory(tiny_llama_dir, ti
     assert AutoTokenizer.from_pretrained(run_dir / "model").chat_template
 
 
+def interrupt_at_call(n: int, compute_loss):
+    """``compute_loss`` that raises KeyboardInterrupt (a Ctrl-C) on its ``n``-th call."""
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return compute_loss(*args, **kwargs)
+
+    return wrapped
+
+
 def test_interrupted_run_resumes_with_the_same_losses(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
     full = trainer.run(tiny_config(tiny_llama_dir, tiny_data, tmp_path / "full"))
     expected = [r["loss"] for r in train_rows(full)]
 
-    calls = {"n": 0}
     original = trainer.compute_loss
-
-    def interrupt_in_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 9:  # first micro-batch of step 5 (grad_accum 2)
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "compute_loss", interrupt_in_step_5)
+    monkeypatch.setattr(trainer, "compute_loss", interrupt_at_call(9, original))  # step 5's first micro-batch (grad_accum 2)
     cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
         trainer.run(cfg)
@@ -202,16 +207,8 @@ def test_learned_vocab_projection_trains_saves_and_resumes(tiny_llama_dir, tiny_
     assert not torch.equal(step3["vocab_projections.0.up.weight"], step6["vocab_projections.0.up.weight"])  # it trains
     assert not any(k.startswith("vocab_projections") for k in load_file(next((full / "model").glob("*.safetensors"))))
 
-    calls = {"n": 0}
     original = trainer.compute_loss
-
-    def interrupt_in_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 9:  # first micro-batch of step 5 (grad_accum 2)
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "compute_loss", interrupt_in_step_5)
+    monkeypatch.setattr(trainer, "compute_loss", interrupt_at_call(9, original))  # step 5's first micro-batch (grad_accum 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.run(cfg(tmp_path / "cut"))
     monkeypatch.setattr(trainer, "compute_loss", original)
