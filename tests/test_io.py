@@ -35,3 +35,20 @@ def test_hashes_match_hashlib(tmp_path):
     h1 = sha256_dir(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     assert sha256_dir(tmp_path) != h1
+
+
+def test_atomic_dir_replaces_whole_and_leaves_nothing_on_failure(tmp_path):
+    from distillm_edge.io import atomic_dir
+
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (final / "old.txt").read_text() == "old"
+    with atomic_dir(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in final.iterdir()] == ["new.txt"] and (final.stat().st_mode & 0o777) == 0o750

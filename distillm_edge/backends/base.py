@@ -62,6 +62,13 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def hf_chat_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of ``messages`` through a Hugging Face tokenizer's chat template: the template adds
+    its own special tokens, so the rendered text is tokenized without the tokenizer's (no double BOS)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable float32 log-softmax over the last axis."""
     x = logits.astype(np.float32, copy=False)

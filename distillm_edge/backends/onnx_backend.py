@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distillm_edge.backends.base import BackendInfo, gather_token_logprobs, log_softmax, sample
+from distillm_edge.backends.base import BackendInfo, gather_token_logprobs, hf_chat_ids, log_softmax, sample
 from distillm_edge.errors import UserError
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -107,8 +107,7 @@ class OnnxBackend:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return self.tokenize(text, add_special_tokens=False)
+        return hf_chat_ids(self.tokenizer, messages, add_generation_prompt)
 
     # -- graph -----------------------------------------------------------------------------------
     def _empty_cache(self) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from distillm_edge.backends.base import BackendInfo, gather_token_logprobs, sample
+from distillm_edge.backends.base import BackendInfo, gather_token_logprobs, hf_chat_ids, sample
 
 
 class TorchBackend:
@@ -47,8 +47,7 @@ class TorchBackend:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return self.tokenize(text, add_special_tokens=False)
+        return hf_chat_ids(self.tokenizer, messages, add_generation_prompt)
 
     def _logits(self, ids: Sequence[int]):
         import torch

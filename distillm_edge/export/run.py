@@ -20,11 +20,8 @@ Test: ``pytest tests/export``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +40,7 @@ from rich.table import Table
 from distillm_edge.export.checkpoint import Checkpoint, open_checkpoint
 from distillm_edge.export.config import CRITERIA, QUANTS, ExportConfig
 from distillm_edge.export.manifest import build_manifest
-from distillm_edge.io import DIR_MODE, atomic_path, atomic_write_json, ensure_dir
+from distillm_edge.io import atomic_dir, atomic_path, atomic_write_json
 
 console = Console(stderr=True)
 
@@ -100,24 +97,6 @@ def list_quants(cfg: ExportConfig) -> Table:
             size = (two * info.bits + one * 32) / 8
             table.add_row(fmt, quant, info.how, f"{info.bits:g}", f"{size / 2**20:.0f} MiB", CRITERIA[info.check])
     return table
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``final``; on success it replaces ``final``."""
-    ensure_dir(final.parent)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(mode=DIR_MODE)
-    try:
-        yield tmp
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_gguf(cfg: ExportConfig, ckpt: Checkpoint, tokenizer, name: str, progress: Progress) -> tuple[Path, dict]:

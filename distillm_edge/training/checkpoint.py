@@ -22,10 +22,8 @@ Test: ``pytest tests/training/test_trainer.py -k resume``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distillm_edge.errors import UserError
-from distillm_edge.io import DIR_MODE, atomic_write_json, ensure_dir
+from distillm_edge.io import atomic_dir, atomic_write_json, ensure_dir
 
 CHECKPOINTS = "checkpoints"
 
@@ -107,20 +105,12 @@ def save_checkpoint(run_dir: Path, state: TrainState, modules: dict[str, torch.n
     """
     root = ensure_dir(Path(run_dir) / CHECKPOINTS)
     final = root / f"step-{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_dir(final) as tmp:
         save_file(trainable_state(modules), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng or rng_state(), tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", state.__dict__)
-        os.chmod(tmp, DIR_MODE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -160,8 +150,7 @@ def save_student(model, tokenizer, out_dir: Path, *, lora: bool, base_loader=Non
     import copy
 
     out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=ensure_dir(out_dir.parent)))
-    try:
+    with atomic_dir(out_dir) as tmp:
         if lora:
             model.save_pretrained(tmp / "adapter")
             if base_loader is not None:
@@ -175,11 +164,4 @@ def save_student(model, tokenizer, out_dir: Path, *, lora: bool, base_loader=Non
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, DIR_MODE)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
