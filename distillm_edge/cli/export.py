@@ -5,6 +5,7 @@ Examples::
     distillm-edge export --model smollm2-135m-instruct --list-quants
     distillm-edge export --model runs/student --format gguf --quant q4_k_m --outdir exports
     distillm-edge export --model runs/student --format onnx --quant int4
+    distillm-edge export --model smollm2-135m-instruct --quant q4_k_m --imatrix builtin
 
 Exit codes: 0 exported (and verified, unless --no-verify), 1 the parity check failed (the
 artifact is kept, marked unverified in its manifest), 2 bad input.
@@ -35,13 +36,18 @@ def register(app: typer.Typer) -> None:
                                                help="Largest allowed perplexity increase for 4-8-bit types (0.25 = 25%)."),
         threads: int = typer.Option(0, "--threads", help="CPU threads for quantizing and checking (0 = all)."),
         list_quants: bool = typer.Option(False, "--list-quants", help="Show the output types and their sizes for --model."),
+        imatrix: str = typer.Option(None, "--imatrix",
+                                    help="Importance matrix for llama.cpp's quantizer: 'builtin' computes one on the "
+                                         "built-in medical corpus (saved beside the artifact), or an imatrix file "
+                                         "(GGUF or legacy .dat, e.g. from llama-imatrix)."),
     ) -> None:
         """Export a checkpoint to GGUF or ONNX and prove it still behaves like the source."""
         with friendly_errors():
             from distillm_edge.export import ExportConfig, list_quants_table, run
 
             cfg = ExportConfig(model=model, format=format, quant=quant, outdir=outdir, verify=not no_verify,
-                               max_ppl_increase=max_ppl_increase, threads=threads, list_quants=list_quants)
+                               max_ppl_increase=max_ppl_increase, threads=threads, list_quants=list_quants,
+                               imatrix=imatrix)
             if cfg.list_quants:
                 console.print(list_quants_table(cfg))
                 return

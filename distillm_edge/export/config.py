@@ -67,6 +67,7 @@ class ExportConfig:
     max_ppl_increase: float = 0.25  # fraction: 0.25 = perplexity may grow by 25% for lossy types
     threads: int = 0  # 0: all cores (llama.cpp, ONNX Runtime, quantizer)
     list_quants: bool = False
+    imatrix: str | None = None  # "builtin" (calibrate on the built-in corpus) or an imatrix file; llama.cpp types only
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -85,6 +86,9 @@ class ExportConfig:
             raise UserError(f"--max-ppl-increase must be positive (0.25 = 25%), got {self.max_ppl_increase}.")
         if self.threads < 0:
             raise UserError(f"--threads must be 0 (all cores) or positive, got {self.threads}.")
+        if self.imatrix is not None and (self.format != "gguf" or quant not in LLAMA_CPP_TYPES):
+            raise UserError(f"--imatrix applies to the llama.cpp quantizer's types ({', '.join(LLAMA_CPP_TYPES)}), "
+                            f"not to --format {self.format} --quant {quant}; drop --imatrix or pick one of those types.")
 
     @property
     def check(self) -> str:

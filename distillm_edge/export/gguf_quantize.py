@@ -26,7 +26,10 @@ import ctypes
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from distillm_edge.errors import UserError
 
@@ -48,17 +51,35 @@ LLAMA_CPP_TYPES: dict[str, tuple[int, float, str]] = {
 }
 
 
+# one fallback as llama.cpp's ``tensor_type_fallback`` logs it (``%3d`` block sizes, so " 32" has two
+# spaces); when even the 32-block type does not fit, "(WARNING: must use F16 due to unusual shape)"
+# comes before the arrow and the tensor is stored as F16
 _FALLBACK = re.compile(
-    r"(?P<tensor>\S+)\s+- ncols\s+(?P<row>\d+) not divisible by (?P<block>\d+) "
-    r"\(required for type\s+(?P<wanted>\S+)\) -> falling back to\s+(?P<used>\S+)"
+    r"(?P<tensor>\S+)\s+- ncols\s+(?P<row>\d+) not divisible by\s+(?P<block>\d+) "
+    r"\(required for type\s+(?P<wanted>\S+)\)\s*(?P<f16>\(WARNING: must use F16 due to unusual shape\))?\s*"
+    r"-> falling back to\s+(?P<used>\S+)"
 )
+_NO_IMATRIX = re.compile(r"did not find weights for (?P<tensor>\S+)")
 
 
-def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> dict[str, dict]:
+@dataclass(frozen=True)
+class Quantized:
+    """What llama.cpp's quantizer reported: fallbacks ``{tensor: {row, wanted, used, unusual_shape}}``
+    and, with an imatrix, the quantized tensors it had no entry for (the token embedding and LM
+    head are expected there: llama-imatrix collects ``blk.*`` weights only)."""
+
+    fallbacks: dict[str, dict]
+    imatrix_entries: int = 0
+    imatrix_missing: tuple[str, ...] = ()
+
+
+def quantize(src: Path, dst: Path, quant: str, threads: int = 0,
+             imatrix: dict[str, np.ndarray] | None = None) -> Quantized:
     """llama.cpp's quantizer: ``src`` (an f32/f16 GGUF) → ``dst`` of type ``quant``.
 
-    Returns the fallbacks llama.cpp reported, ``{tensor: {row, wanted, used}}``; its log is
-    captured (not printed) while it runs.
+    ``imatrix``: ``{llama.cpp weight name: mean squared activation per input column}`` (see
+    ``imatrix.Imatrix.values``), passed through ``llama_model_quantize_params.imatrix``. llama.cpp's
+    log is captured (not printed) while it runs.
     """
     if quant not in LLAMA_CPP_TYPES:
         raise UserError(f"'{quant}' is not a llama.cpp quantization type we offer; use one of {', '.join(LLAMA_CPP_TYPES)}.")
@@ -67,12 +88,38 @@ def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> dict[str, di
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_CPP_TYPES[quant][0]
     params.nthread = threads
+    keep_alive = _imatrix_array(imatrix, params) if imatrix else None
     with captured_llama_log() as lines:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    del keep_alive
+    log = "".join(lines)
     if rc != 0:
         tail = "".join(lines[-5:]).strip()
         raise RuntimeError(f"llama.cpp could not quantize {src} to {quant} (return code {rc}): {tail}")
-    return parse_fallbacks("".join(lines))
+    if imatrix and "have importance matrix data" not in log:
+        raise RuntimeError(f"llama.cpp did not report using the importance matrix while quantizing {src}.")
+    return Quantized(parse_fallbacks(log), len(imatrix or {}), tuple(parse_missing_imatrix(log)) if imatrix else ())
+
+
+def _imatrix_array(imatrix: dict[str, np.ndarray], params) -> list:
+    """Fill ``params.imatrix`` with a NULL-terminated ``llama_model_imatrix_data`` array; returns the
+    Python objects that must stay alive until the quantizer has copied them."""
+    import llama_cpp
+
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+    keep: list = [entries]
+    for i, (name, values) in enumerate(sorted(imatrix.items())):
+        arr = np.ascontiguousarray(values, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise UserError(f"imatrix entry {name} holds non-finite values; recompute the imatrix.")
+        raw = name.encode()
+        keep += [arr, raw]
+        entries[i].name = raw
+        entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = arr.size
+    entries[len(imatrix)].name = None  # the terminator llama.cpp stops at
+    params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    return keep
 
 
 @contextlib.contextmanager
@@ -96,8 +143,14 @@ def captured_llama_log() -> Iterator[list[str]]:
 
 def parse_fallbacks(log: str) -> dict[str, dict]:
     """The "falling back to" warnings of llama.cpp's quantizer as ``{tensor: {row, wanted, used}}``."""
-    return {m["tensor"]: {"row": int(m["row"]), "wanted": m["wanted"].upper(), "used": m["used"].upper()}
+    return {m["tensor"]: {"row": int(m["row"]), "wanted": m["wanted"].upper(), "used": m["used"].upper(),
+                          "unusual_shape": m["f16"] is not None}
             for m in _FALLBACK.finditer(log)}
+
+
+def parse_missing_imatrix(log: str) -> list[str]:
+    """Tensors the quantizer found no imatrix entry for ("did not find weights for ...")."""
+    return sorted({m["tensor"] for m in _NO_IMATRIX.finditer(log)})
 
 
 def tensor_types(path: Path) -> dict[str, str]:

@@ -120,7 +120,11 @@ def export_gguf(cfg: ExportConfig, ckpt: Checkpoint, tokenizer, name: str, progr
             try:
                 write_gguf(ckpt, tokenizer, f32, "f32", name, progress=advance)
                 quant_task = progress.add_task(f"llama.cpp quantize → {cfg.quant}", total=None)
-                details["fallbacks"] = gguf_quantize.quantize(f32, tmp, cfg.quant, cfg.threads)
+                imatrix = _imatrix(cfg, ckpt, name, progress, details) if cfg.imatrix else None
+                quantized = gguf_quantize.quantize(f32, tmp, cfg.quant, cfg.threads, imatrix=imatrix)
+                details["fallbacks"] = quantized.fallbacks
+                if imatrix is not None:
+                    details["imatrix"]["missing"] = list(quantized.imatrix_missing)
                 progress.update(quant_task, total=1, completed=1)
             finally:
                 f32.unlink(missing_ok=True)
@@ -129,6 +133,28 @@ def export_gguf(cfg: ExportConfig, ckpt: Checkpoint, tokenizer, name: str, progr
         details["pre_tokenizer"] = gguf_quantize.metadata_string(tmp, "tokenizer.ggml.pre")
     details["tensor_types"] = gguf_quantize.type_counts(types)
     return final, details
+
+
+def _imatrix(cfg: ExportConfig, ckpt: Checkpoint, name: str, progress: Progress, details: dict) -> dict:
+    """The imatrix values for the quantizer: computed on the built-in corpus (and saved beside the
+    artifact as ``<model>.imatrix.gguf``) for ``--imatrix builtin``, else read from the given file."""
+    from distillm_edge.export import imatrix as im
+    from distillm_edge.io import sha256_file
+
+    if cfg.imatrix == "builtin":
+        task = progress.add_task("imatrix: calibration on the built-in corpus", total=None)
+        matrix = im.compute(ckpt.path, im.calibration_texts(), threads=cfg.threads)
+        path = cfg.outdir / f"{name}.imatrix.gguf"
+        with atomic_path(path) as tmp:
+            im.write_imatrix(matrix, tmp)
+        progress.update(task, total=1, completed=1)
+    else:
+        path = Path(cfg.imatrix)
+        matrix = im.read_imatrix(path)
+    details["imatrix"] = {"file": str(path), "sha256": sha256_file(path), "datasets": matrix.datasets,
+                          "chunk_count": matrix.chunk_count, "chunk_size": matrix.chunk_size,
+                          "entries": len(matrix.sums)}
+    return matrix.values()
 
 
 def export_onnx(cfg: ExportConfig, ckpt: Checkpoint, name: str, progress: Progress, build_dir: Path) -> dict:

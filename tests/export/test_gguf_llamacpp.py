@@ -121,7 +121,7 @@ def test_q4_k_m_loads_generates_and_reports_fallbacks(tmp_path, tiny_gguf, smoll
     from distillm_edge.export import gguf_quantize
 
     out = tmp_path / "tiny-q4_k_m.gguf"
-    fallbacks = gguf_quantize.quantize(tiny_gguf("f32"), out, "q4_k_m", threads=2)
+    fallbacks = gguf_quantize.quantize(tiny_gguf("f32"), out, "q4_k_m", threads=2).fallbacks
     types = gguf_quantize.tensor_types(out)
     # the tiny model is 64/128 wide: no row fills a 256-value super-block, so every k-quant fell back
     assert fallbacks and all(f["row"] % 256 for f in fallbacks.values())
@@ -195,7 +195,7 @@ def test_smollm2_q4_k_m_falls_back_on_576_wide_rows(tmp_path, smollm2_dir, small
     result = run(ExportConfig(model="smollm2-135m-instruct", format="gguf", quant="q4_k_m", outdir=tmp_path, threads=2))
     export = result.manifest["export"]
     fallbacks = export["fallbacks"]
-    assert fallbacks["blk.0.attn_q.weight"] == {"row": 576, "wanted": "Q4_K", "used": "Q5_0"}
+    assert fallbacks["blk.0.attn_q.weight"] == {"row": 576, "wanted": "Q4_K", "used": "Q5_0", "unusual_shape": False}
     assert "blk.0.ffn_down.weight" not in fallbacks  # 1536 = 6 x 256 keeps its k-quant
     assert export["tensor_types"].get("Q4_K", 0) + export["tensor_types"].get("Q6_K", 0) >= 30
     assert result.verified, result.failures  # perplexity within the default +25%
