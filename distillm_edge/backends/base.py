@@ -56,7 +56,7 @@ class Backend(Protocol):
     def token_logprobs(self, ids: Sequence[int], start: int = 1) -> np.ndarray: ...
 
     def stream(
-        self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0
+        self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0, top_p: float = 1.0
     ) -> Iterator[int]: ...
 
     def close(self) -> None: ...
@@ -85,12 +85,23 @@ def gather_token_logprobs(rows: np.ndarray, ids: Sequence[int], start: int) -> n
     return rows[np.arange(start - 1, len(ids) - 1), targets]
 
 
-def sample(logprobs_row: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-    """Greedy when temperature is 0, else a sample from softmax(logits / temperature)."""
+def sample(logprobs_row: np.ndarray, temperature: float, rng: np.random.Generator, top_p: float = 1.0) -> int:
+    """Greedy when temperature is 0, else a sample from softmax(logits / temperature), restricted
+    to the nucleus when ``top_p < 1``: the most probable tokens whose cumulative probability first
+    reaches ``top_p`` (at least one token), renormalized."""
     if temperature <= 0:
         return int(np.argmax(logprobs_row))
-    p = log_softmax(logprobs_row / temperature)
-    return int(rng.choice(p.shape[-1], p=np.exp(p.astype(np.float64)) / np.exp(p.astype(np.float64)).sum()))
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    p = np.exp(log_softmax(logprobs_row / temperature).astype(np.float64))
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        before = np.cumsum(p[order]) - p[order]  # mass strictly above each token in the ranking
+        keep = order[before < top_p]
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q
+    return int(rng.choice(p.shape[-1], p=p / p.sum()))
 
 
 # --- Batched scoring (eval) -------------------------------------------------------------------

@@ -36,6 +36,7 @@ class LlamaCppBackend:
     def __init__(self, spec: str, threads: int = 0, n_ctx: int = 8192, n_batch: int = 512,
                  chat_template: str | None = None, verbose: bool = False):
         import llama_cpp
+        import psutil
         from llama_cpp import Llama
 
         from distillm_edge.models.registry import EMBEDDED
@@ -43,7 +44,7 @@ class LlamaCppBackend:
 
         source = resolve(spec)
         path = gguf_path(source)
-        threads = threads or os.cpu_count() or 1
+        threads = threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1  # physical cores, as llama.cpp
         started = time.perf_counter()
         try:
             self.native = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
@@ -202,14 +203,15 @@ class LlamaCppBackend:
             out.append((np.concatenate(lps).astype(np.float32), np.concatenate(greedy)))
         return out
 
-    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
+    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+               top_p: float = 1.0) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         seq = [int(t) for t in ids]
         for _ in range(max_new_tokens):
             row = None
             for _, block in self._decode(seq, len(seq) - 1):
                 row = block[-1]
-            token = sample(log_softmax(row), temperature, rng)
+            token = sample(log_softmax(row), temperature, rng, top_p)
             yield token
             if token in self.eos_token_ids:
                 return

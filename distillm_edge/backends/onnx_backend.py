@@ -142,13 +142,14 @@ class OnnxBackend:
     def token_logprobs(self, ids: Sequence[int], start: int = 1) -> np.ndarray:
         return gather_token_logprobs(self.next_token_logprobs(ids), ids, start)
 
-    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
+    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+               top_p: float = 1.0) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         cache = self._empty_cache()
         step = list(ids)
         for _ in range(max_new_tokens):
             logits, cache = self._run(step, cache)
-            token = sample(log_softmax(logits[-1]), temperature, rng)
+            token = sample(log_softmax(logits[-1]), temperature, rng, top_p)
             yield token
             if token in self.eos_token_ids:
                 return

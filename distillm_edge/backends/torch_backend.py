@@ -64,7 +64,8 @@ class TorchBackend:
     def token_logprobs(self, ids: Sequence[int], start: int = 1) -> np.ndarray:
         return gather_token_logprobs(self.next_token_logprobs(ids), ids, start)
 
-    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
+    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+               top_p: float = 1.0) -> Iterator[int]:
         import torch
         from transformers import DynamicCache
 
@@ -76,7 +77,7 @@ class TorchBackend:
                 out = self.model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)
                 cache = out.cache
                 row = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu().numpy()
-                token = sample(row, temperature, rng)
+                token = sample(row, temperature, rng, top_p)
                 yield token
                 if token in self.eos_token_ids:
                     return
