@@ -95,8 +95,9 @@ def render(stats: dict[str, Any]) -> str:
     if decon.get("benchmarks"):
         parts.append(
             f"- Decontamination against {decon['items']:,} benchmark items "
-            f"({', '.join(f'`{p}`' for p in decon['benchmarks'])}), {decon['ngram']}-word n-grams, shorter "
-            f"questions matched whole: {removed.get('decontaminated', 0):,} training records removed."
+            f"({', '.join(f'`{p}`' for p in decon['benchmarks'])}): {decon['ngram']}-word n-grams of the whole record "
+            f"against each item's stem + every choice, long choices with their stem or another choice, short stems "
+            f"matched whole: {removed.get('decontaminated', 0):,} training records removed."
         )
         for item in stats["decontaminated"]["items"][:5]:
             parts.append(f"  - `{item['id']}` matched `{item['matched']}`")

@@ -1,35 +1,44 @@
-"""Test-set isolation: drop every training record that overlaps a benchmark question.
+"""Test-set isolation: drop every training record that overlaps a benchmark item.
 
 ``--decontaminate PATH`` takes benchmark files or folders (MMLU CSV folders, MedQA / MedMCQA
-JSONL, PubMedQA JSON: anything :mod:`readers` reads). From each benchmark item we take its bare
-question (without the options), normalized like everything else (:func:`match_words`):
+JSONL, PubMedQA JSON: anything :mod:`readers` reads). The whole training record (instruction +
+context + response) is compared with the whole benchmark item: its stem and every choice (an
+item without choices, e.g. PubMedQA, contributes its stem and its answer; contexts and MCQ
+explanations are not part of the item). Text is normalized like everything else
+(:func:`match_words`). A record is removed when:
 
-- a question of at least ``n`` words (default 13) contributes its ``n``-word n-grams; a
-  training record is removed if any ``n``-gram of its text (instruction + context + response)
-  is one of them;
-- a shorter question (most MMLU questions) is matched whole: the record is removed if its
-  normalized text contains the question's words as a contiguous run.
+1. **n-gram overlap** — it shares an ``n``-word n-gram (default 13, ``--ngram``) with the item's
+   stem + choices read as one text. N-grams are taken over *content words*: words of one
+   character are dropped on both sides, so option labels ("A.", "(b)", "1)") and the article "a"
+   do not break a run. This catches a long stem alone, a generic stem followed by the verbatim
+   options, an edited stem with verbatim options and a long answer alone;
+2. **a long choice with company** — it contains one choice of at least ``MIN_CHOICE_WORDS`` (8)
+   words verbatim together with, within ``CHOICE_WINDOW`` content words, the whole stem or
+   another choice of the same item (for choices too short to hold an n-gram);
+3. **a short stem** (no n-gram of its own: most MMLU questions) — it contains the stem's words
+   as a contiguous run (exact words, one-character words included).
 
 Exam boilerplate is not evidence of contamination. An n-gram is indexed only if it has at least
 ``MIN_INFORMATIVE_NGRAM`` (3) *informative* words — not numbers, not in :data:`GENERIC`
 (stopwords and exam/vignette template words: "which of the following is the most likely cause
 of this patient's", "comes to the emergency department because of", vital signs). Without this,
 MMLU's vignette templates removed 55 unrelated MedQA questions from the shared data. A copied
-question still shares its informative n-grams, so copies are still caught. A short question
-needs ``MIN_WORDS`` (3) words and one informative word ("Which of the following statements is
-correct?" and "The pleura" are too generic to match alone); such items are listed as
+question still shares its informative n-grams, so copies are still caught. A short stem needs
+``MIN_WORDS`` (3) words and one informative word ("Which of the following statements is
+correct?" and "The pleura" are too generic to match alone); companions in rule 2 need one
+informative word. Items with nothing to match (a generic stem and short choices) are listed as
 unmatched in ``stats.json``.
 
 Each removal names the benchmark item it matched and the matching text.
 
 Fast path: records are checked 512 at a time; a numpy pass computes a 64-bit rolling hash of
 every n-gram and looks it up in the sorted hashes of the benchmark n-grams, and only the records
-with a hit are checked exactly (tuples, so a hash collision cannot remove anything). Short
-questions are indexed by an anchor word (their rarest word within the benchmark, longest on
-ties), so a record is compared only with questions whose anchor it contains. Both paths are
+with a hit are checked exactly (tuples, so a hash collision cannot remove anything). Short stems
+and long choices are indexed by an anchor word (their rarest word within the benchmark, longest
+on ties), so a record is compared only with those whose anchor it contains. Both paths are
 tested against :func:`contaminated_naive` (brute force).
 
-Test: ``pytest tests/data/test_decontaminate.py``.
+Test: ``pytest tests/data/test_decontaminate.py tests/data/test_planted_leaks.py``.
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ from distillm_edge.errors import UserError
 
 MIN_WORDS = 3
 MIN_INFORMATIVE_NGRAM = 3
+MIN_CHOICE_WORDS = 8
+CHOICE_WINDOW = 100  # content words either side of a long choice where its stem or another choice must be
 GENERIC = frozenset(
     """
     a about above after again against all also am an and any are as at be because been before being below
@@ -72,38 +83,93 @@ def informative(words: Iterable[str]) -> int:
     return sum(1 for w in words if w not in GENERIC and not w.isdigit())
 
 
+def content_words(words: Iterable[str]) -> list[str]:
+    """``words`` without one-character words (option labels A-E / 1-9, the article "a")."""
+    return [w for w in words if len(w) > 1]
+
+
+def find_run(words: list[str], run: list[str], lo: int = 0, hi: int | None = None) -> int:
+    """Start of the first occurrence of ``run`` as a contiguous run in ``words[lo:hi]``, else -1."""
+    hi = len(words) if hi is None else min(hi, len(words))
+    k = len(run)
+    if not k:
+        return -1
+    first = run[0]
+    for i in range(max(lo, 0), hi - k + 1):
+        if words[i] == first and words[i : i + k] == run:
+            return i
+    return -1
+
+
+def _has_ngram(words: list[str], n: int) -> bool:
+    """Whether ``words`` hold an ``n``-gram with enough informative words to be indexed."""
+    return any(informative(words[i : i + n]) >= MIN_INFORMATIVE_NGRAM for i in range(len(words) - n + 1))
+
+
+def _anchor_index(entries: list[tuple[list[str], object]]) -> dict[str, list[tuple[list[str], int, object]]]:
+    """Index word runs by their rarest word (longest on ties): ``{word: [(run, offset, payload)]}``."""
+    df = Counter(w for words, _ in entries for w in set(words))
+    index: dict[str, list[tuple[list[str], int, object]]] = {}
+    for words, payload in entries:
+        offset = min(range(len(words)), key=lambda i: (df[words[i]], -len(words[i]), i))
+        index.setdefault(words[offset], []).append((list(words), offset, payload))
+    return index
+
+
+def _anchored_hits(words: list[str], present: set[str], index: dict) -> Iterator[tuple[int, list[str], object]]:
+    """``(start, run, payload)`` of every indexed run found in ``words``, leftmost first."""
+    for p, word in enumerate(words):
+        if word in present:
+            for run, offset, payload in index[word]:
+                start = p - offset
+                if start >= 0 and words[start] == run[0] and words[start : start + len(run)] == run:
+                    yield start, run, payload
+
+
 class BenchmarkIndex:
-    """Normalized n-grams and short questions of a set of benchmark items."""
+    """Content-word n-grams of whole benchmark items, their short stems and their long choices."""
 
     def __init__(self, n: int = 13):
         self.n = n
         self.ngrams: dict[tuple[str, ...], str] = {}
         self.short: dict[str, list[tuple[list[str], int, str]]] = {}
+        self.choices: dict[str, list[tuple[list[str], int, tuple[str, int]]]] = {}
+        self.parts: dict[str, tuple[list[str], list[list[str]]]] = {}  # items with a long choice: stem, choices
         self.items = 0
         self.too_generic: list[str] = []
         self.per_file: dict[str, int] = {}
         self._pending: list[tuple[tuple[str, ...], str]] = []
+        self._pending_choices: list[tuple[list[str], tuple[str, int]]] = []
 
-    def add(self, bench_id: str, question: str) -> None:
+    def add(self, bench_id: str, question: str, choices: Iterable[str] = ()) -> None:
+        """Index one item: its stem (``question``) and its choices (or, for an open item, its answer)."""
         words = tuple(match_words(question))
+        stem = content_words(words)
+        options = [content_words(match_words(c)) for c in choices]
         self.items += 1
-        if len(words) >= self.n:
-            for i in range(len(words) - self.n + 1):
-                gram = words[i : i + self.n]
-                if informative(gram) >= MIN_INFORMATIVE_NGRAM:
-                    self.ngrams.setdefault(gram, bench_id)
-        elif len(words) >= MIN_WORDS and informative(words) >= 1:
-            self._pending.append((words, bench_id))
-        else:
+        indexed = False
+        text = stem + [w for option in options for w in option]
+        for i in range(len(text) - self.n + 1):
+            gram = tuple(text[i : i + self.n])
+            if informative(gram) >= MIN_INFORMATIVE_NGRAM:
+                self.ngrams.setdefault(gram, bench_id)
+                indexed = True
+        if not _has_ngram(stem, self.n) and len(words) >= MIN_WORDS and informative(words) >= 1:
+            self._pending.append((words, bench_id))  # a stem without an n-gram of its own is matched whole
+            indexed = True
+        long = [j for j, option in enumerate(options) if len(option) >= MIN_CHOICE_WORDS and informative(option) >= 1]
+        if long and len(options) > 1:
+            self.parts[bench_id] = (stem, options)
+            self._pending_choices.extend((options[j], (bench_id, j)) for j in long)
+            indexed = True
+        if not indexed:
             self.too_generic.append(bench_id)
 
     def finish(self) -> BenchmarkIndex:
-        """Index the short questions by anchor word and hash the n-grams (call once after :meth:`add`)."""
-        df = Counter(w for words, _ in self._pending for w in set(words))
-        for words, bench_id in self._pending:
-            offset = min(range(len(words)), key=lambda i: (df[words[i]], -len(words[i]), i))
-            self.short.setdefault(words[offset], []).append((list(words), offset, bench_id))
-        self._pending = []
+        """Index short stems and long choices by anchor word (call once after :meth:`add`)."""
+        self.short = _anchor_index(self._pending)
+        self.choices = _anchor_index(self._pending_choices)
+        self._pending, self._pending_choices = [], []
         return self
 
     def __getstate__(self) -> dict:
@@ -116,13 +182,24 @@ class BenchmarkIndex:
         return self._gram_hashes
 
     def match(self, words: list[str]) -> tuple[str, str] | None:
-        """``(benchmark id, matched text)`` of the first overlap with ``words``, else None (exact)."""
-        return self._ngram_match(words) or self._short_match(words)
+        """``(benchmark id, matched text)`` of the first overlap with a record's ``words``, else None (exact).
 
-    def match_many(self, word_lists: list[list[str]]) -> list[tuple[str, str] | None]:
+        ``words`` are the record's :func:`match_words` (instruction + context + response).
+        """
+        return self.match_many([words], prefilter=False)[0]
+
+    def match_many(self, word_lists: list[list[str]], prefilter: bool = True) -> list[tuple[str, str] | None]:
         """:meth:`match` for many records; a numpy pass over n-gram hashes picks the few to check."""
-        flagged = self._ngram_candidates(word_lists)
-        return [(self._ngram_match(w) if i in flagged else None) or self._short_match(w) for i, w in enumerate(word_lists)]
+        contents = [content_words(w) for w in word_lists]
+        flagged = self._ngram_candidates(contents) if prefilter else range(len(contents))
+        out = []
+        for i, (words, content) in enumerate(zip(word_lists, contents)):
+            hit = self._ngram_match(content) if i in flagged else None
+            if hit is None and (self.short or self.choices):
+                present = set(words)
+                hit = self._short_match(words, present) or self._choice_match(content, present)
+            out.append(hit)
+        return out
 
     def _ngram_match(self, words: list[str]) -> tuple[str, str] | None:
         n = self.n
@@ -154,18 +231,26 @@ class BenchmarkIndex:
         hit &= owner[:m] == owner[n - 1 :]  # an n-gram must not span two records
         return set(np.unique(owner[:m][hit]).tolist())
 
-    def _short_match(self, words: list[str]) -> tuple[str, str] | None:
-        if not self.short:
-            return None
-        present = self.short.keys() & set(words)
-        if not present:
-            return None
-        for p, word in enumerate(words):  # the first (leftmost) match wins
-            if word in present:
-                for qwords, offset, bench_id in self.short[word]:
-                    start = p - offset
-                    if start >= 0 and words[start] == qwords[0] and words[start : start + len(qwords)] == qwords:
-                        return bench_id, " ".join(qwords)
+    def _short_match(self, words: list[str], present: set[str]) -> tuple[str, str] | None:
+        anchors = self.short.keys() & present
+        if anchors:
+            for _, run, bench_id in _anchored_hits(words, anchors, self.short):
+                return bench_id, " ".join(run)  # the first (leftmost) match wins
+        return None
+
+    def _choice_match(self, words: list[str], present: set[str]) -> tuple[str, str] | None:
+        """A long choice found verbatim with the item's stem or another of its choices nearby."""
+        anchors = self.choices.keys() & present
+        for start, run, (bench_id, j) in _anchored_hits(words, anchors, self.choices):
+            stem, options = self.parts[bench_id]
+            lo, hi = start - CHOICE_WINDOW, start + len(run) + CHOICE_WINDOW
+            companions = [(k, o) for k, o in enumerate(options) if k != j] + [(-1, stem)]
+            for k, other in companions:
+                if len(other) >= (MIN_WORDS if k < 0 else 1) and informative(other) >= 1:
+                    # outside the long choice itself: before it or after it
+                    if find_run(words, other, lo, start) >= 0 or find_run(words, other, start + len(run), hi) >= 0:
+                        what = "the stem" if k < 0 else "another choice"
+                        return bench_id, f"{' '.join(run)} (with {what}: {' '.join(other)})"
         return None
 
 
@@ -190,7 +275,8 @@ def load_benchmarks(paths: Iterable[str], n: int = 13) -> BenchmarkIndex:
         for item in read_input(spec):
             if isinstance(item, BadRecord):
                 raise UserError(f"--decontaminate: {item}. Fix the benchmark file; it must be read completely.")
-            index.add(item.id, item.bare_question())
+            # an MCQ item is its stem + every choice; an open item (PubMedQA, QA pairs) its question + answer
+            index.add(item.id, item.bare_question(), item.choices or (item.response,))
             count += 1
         index.per_file[spec] = count
     return index.finish()
@@ -226,17 +312,39 @@ def decontaminate(records: Iterable[Record], index: BenchmarkIndex, report: Repo
         yield from flush()
 
 
-def contaminated_naive(words: list[str], questions: list[list[str]], n: int) -> bool:
-    """Brute-force reference: does ``words`` overlap any question (same rules, no index)?"""
+def contaminated_naive(words: list[str], items: list[tuple[str, tuple[str, ...]]], n: int) -> bool:
+    """Brute-force reference: do a record's ``words`` overlap any ``(stem, choices)`` item (same rules, no index)?"""
+    content = " " + " ".join(content_words(words)) + " "
     text = " " + " ".join(words) + " "
-    for q in questions:
-        if len(q) >= n:
-            for i in range(len(q) - n + 1):
-                gram = q[i : i + n]
-                if sum(w not in GENERIC and not w.isdigit() for w in gram) >= MIN_INFORMATIVE_NGRAM:
-                    if " " + " ".join(gram) + " " in text:
-                        return True
-        elif len(q) >= MIN_WORDS and any(w not in GENERIC and not w.isdigit() for w in q):
+
+    def within(run: list[str], hay: list[str]) -> bool:
+        return bool(run) and " " + " ".join(run) + " " in " " + " ".join(hay) + " "
+
+    cw = content_words(words)
+    for question, choices in items:
+        q = match_words(question)
+        stem = content_words(q)
+        options = [content_words(match_words(c)) for c in choices]
+        whole = stem + [w for o in options for w in o]
+        for i in range(len(whole) - n + 1):
+            gram = whole[i : i + n]
+            if sum(w not in GENERIC and not w.isdigit() for w in gram) >= MIN_INFORMATIVE_NGRAM:
+                if " " + " ".join(gram) + " " in content:
+                    return True
+        if not _has_ngram(stem, n) and len(q) >= MIN_WORDS and any(w not in GENERIC and not w.isdigit() for w in q):
             if " " + " ".join(q) + " " in text:
                 return True
+        for j, option in enumerate(options):
+            if len(options) < 2 or len(option) < MIN_CHOICE_WORDS or informative(option) < 1:
+                continue
+            for start in range(len(cw) - len(option) + 1):
+                if cw[start : start + len(option)] != option:
+                    continue
+                before = cw[max(0, start - CHOICE_WINDOW) : start]
+                after = cw[start + len(option) : start + len(option) + CHOICE_WINDOW]
+                others = [o for k, o in enumerate(options) if k != j and informative(o) >= 1]
+                if len(stem) >= MIN_WORDS and informative(stem) >= 1:
+                    others.append(stem)
+                if any(within(o, before) or within(o, after) for o in others):
+                    return True
     return False

@@ -119,6 +119,7 @@ def _medmcqa_record(obj: dict, path: Path, lineno: int, source: str, where: str)
         subject=text_field(obj, "subject_name", required=False),
         kind="mcq",
         question=question,
+        choices=tuple(text for _, text in options),
         where=where,
     )
 
@@ -145,6 +146,7 @@ def _medqa_record(obj: dict, path: Path, lineno: int, source: str, where: str) -
         subject=text_field(obj, "meta_info", required=False),
         kind="mcq",
         question=question,
+        choices=tuple(text for _, text in options),
         where=where,
     )
 
@@ -206,6 +208,7 @@ def _mmlu_record(row: list[str], path: Path, lineno: int, source: str, where: st
         subject=mmlu_subject(path),
         kind="mcq",
         question=row[0],
+        choices=tuple(row[1:5]),
         where=where,
     )
 

@@ -72,6 +72,7 @@ class Record:
     subject: str = ""  # a subject/topic the source gives (MedMCQA subject_name, MMLU subject, ...)
     kind: str = "open"  # open | mcq | yesno | extractive | dialogue
     question: str = ""  # the bare question when ``instruction`` adds options (MCQ); else ""
+    choices: tuple[str, ...] = ()  # the options' texts (MCQ), for decontamination against the whole item
     where: str = ""  # file:line it came from, for messages
     words: tuple[list[str], list[str], list[str]] | None = dataclasses.field(default=None, repr=False)
     memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # results computed ahead (parallel.py)

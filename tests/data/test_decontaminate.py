@@ -60,23 +60,29 @@ def test_exam_boilerplate_ngrams_are_not_evidence():
 
 def test_matcher_equals_brute_force_on_random_corpus():
     rng = random.Random(0)
-    vocab = [f"w{i}" for i in range(60)] + ["the", "of", "which"]
-    questions = {f"b:{i}": " ".join(rng.choice(vocab) for _ in range(rng.randint(2, 20))) for i in range(30)}
-    idx = index_of(questions, n=8)
-    qwords = [match_words(q) for q in questions.values()]
+    vocab = [f"w{i}" for i in range(60)] + ["the", "of", "which", "a", "b"]
+    def text(lo, hi):
+        return " ".join(rng.choice(vocab) for _ in range(rng.randint(lo, hi)))
+
+    items = {f"b:{i}": (text(2, 20), tuple(text(1, 10) for _ in range(rng.choice((0, 4))))) for i in range(30)}
+    idx = BenchmarkIndex(8)
+    for bench_id, (q, choices) in items.items():
+        idx.add(bench_id, q, choices)
+    idx.finish()
+    parts = [match_words(q) + ["x"] for q, _ in items.values()] + [match_words(c) for _, cs in items.values() for c in cs]
     hits, lists = 0, []
-    for _ in range(400):
+    for _ in range(600):
         words = [rng.choice(vocab) for _ in range(rng.randint(0, 40))]
-        if rng.random() < 0.3:  # plant a question or part of one
-            q = rng.choice(qwords)
+        for _ in range(rng.choice((0, 0, 1, 2))):  # plant a stem, a choice or part of one (labels in between)
+            q = rng.choice(parts)
             cut = rng.randint(0, len(q))
             pos = rng.randint(0, len(words))
             words[pos:pos] = q[: max(cut, 8)]
-        expected = contaminated_naive(words, qwords, 8)
+        expected = contaminated_naive(words, list(items.values()), 8)
         assert (idx.match(words) is not None) == expected, words
         lists.append(words)
         hits += expected
-    assert 40 < hits < 360  # both outcomes are exercised
+    assert 60 < hits < 540  # both outcomes are exercised
     assert idx.match_many(lists) == [idx.match(w) for w in lists]  # batched numpy prefilter == exact path
 
 
