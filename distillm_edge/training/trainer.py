@@ -7,8 +7,8 @@
   LoRA/QLoRA through peft), hidden-state projections, learned vocabulary projections
   (``cross_tokenizer.method: projection`` only), AdamW + warmup/cosine LR, Accelerate (device
   placement, mixed precision, DDP under ``accelerate launch``), and a checkpoint to resume from;
-- ``train``: per optimizer step, ``grad_accum`` micro-batches; each runs the teachers under
-  ``torch.inference_mode()`` and the student, and :func:`compute_loss` mixes
+- ``train``: per optimizer step, ``grad_accum`` micro-batches (``step.py``); each runs the teachers
+  under ``torch.inference_mode()`` and the student, and ``step.compute_loss`` mixes
   ``(1 - kd_weight) CE + kd_weight KD`` (+ hidden-state, attention and L2 terms, and the
   vocabulary projections' own cross-entropy, which trains only them). A NaN/inf
   loss or gradient skips the step (counted); ``max_bad_steps`` in a row stop the run with a
@@ -18,6 +18,9 @@
   projection as ``projection-<teacher>.safetensors`` (for inspection; not part of the model);
 - ``cleanup``: close loggers.
 
+Precision policy is in ``precision.py``, one step's math in ``step.py``, the before/after
+evaluation and ``--probe-layers`` in ``evaluation.py``.
+
 The run directory holds ``config.yaml`` (resolved), ``metrics.jsonl``, ``tb/`` (TensorBoard),
 ``loss_curve.png``, ``checkpoints/step-*``, ``model/``, ``report.md`` and ``summary.json``.
 
@@ -26,7 +29,6 @@ Run: ``distillm-edge train`` (the ``tiny-cpu`` recipe). Test: ``pytest tests/tra
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -41,25 +43,15 @@ import torch
 
 from distillm_edge.config import ConfigError, save_yaml, to_dict
 from distillm_edge.errors import UserError
-from distillm_edge.io import atomic_write_json, atomic_write_text, ensure_dir, home
+from distillm_edge.io import atomic_write_json, ensure_dir, home
 from distillm_edge.training import checkpoint as ckpt
-from distillm_edge.training.batches import (
-    Batch,
-    Example,
-    collate,
-    encode_records,
-    ensure_chat_template,
-    micro_batches,
-)
+from distillm_edge.training.batches import Example, encode_records, ensure_chat_template, micro_batches
 from distillm_edge.training.config import TrainConfig
-from distillm_edge.training.report import RunLog, evaluate, format_table, plot_losses, summary
-from distillm_edge.training.teachers import (
-    Teacher,
-    load_teacher_weights,
-    open_teachers,
-    pad_id,
-    teacher_forward,
-)
+from distillm_edge.training.evaluation import evaluate_run, probe  # noqa: F401  (probe: the CLI's --probe-layers)
+from distillm_edge.training.precision import mixed_precision
+from distillm_edge.training.report import RunLog, plot_losses
+from distillm_edge.training.step import accumulate, compute_loss, step_batches, temperature  # noqa: F401 (compute_loss: benchmarks)
+from distillm_edge.training.teachers import Teacher, load_teacher_weights, open_teachers, pad_id
 
 # Fields that change what a step computes or which data it sees: a resume must not change them.
 # (epochs and max_steps may change: an epoch's order depends only on the seed and its index.)
@@ -246,10 +238,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
     started = time.perf_counter()
     hf_logging.disable_progress_bar()  # our own bars and log lines only
     run_dir = run_directory(cfg, resume)
-    cuda = torch.cuda.is_available()
-    precision = {"auto": "bf16" if cuda and torch.cuda.is_bf16_supported() else "no", "fp32": "no"}.get(
-        cfg.precision, cfg.precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=not torch.cuda.is_available())
     log = RunLog(run_dir, cfg, enabled=accelerator.is_main_process)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -375,135 +364,7 @@ def make_vocab_projections(cfg: TrainConfig, teachers: list[Teacher], student_vo
     return out
 
 
-# --------------------------------------------------------------------------- the loss
-
-
-def compute_loss(r: Run, batch: Batch, tau: float) -> dict[str, torch.Tensor]:
-    """All loss terms of one micro-batch; ``loss`` is the total that is backpropagated.
-
-    Student logits are computed only at counted positions (``logits_to_keep=loss_mask``) and come
-    back as flat rows [1, N, V]; every loss below works on those rows.
-    """
-    from distillm_edge.training.alignment import attention_loss, hidden_state_loss, l2_penalty
-    from distillm_edge.training.losses import cross_entropy_loss, specialty_weights
-
-    cfg, dev = r.cfg, r.accelerator.device
-    out = r.student(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                    logits_to_keep=batch.loss_mask.to(dev), output_hidden_states=bool(r.hidden_map) or None,
-                    output_attentions=bool(r.attention_map) or None)
-    vocab = out.logits.shape[-1]
-    logits = out.logits.reshape(1, -1, vocab)
-    row_w = None
-    if cfg.specialty_weights is not None:  # per-sample weights, spread over each sample's rows
-        per_sample = specialty_weights(batch.specialties, cfg.specialty_weights, r.specialty_counts, default=1.0)
-        row_w = per_sample[batch.row_sample].view(1, -1).to(dev)
-    parts: dict[str, torch.Tensor] = {}
-    total = logits.new_zeros((), dtype=torch.float32)
-    if cfg.kd_weight < 1.0:
-        parts["ce"] = cross_entropy_loss(logits, batch.targets.view(1, -1).to(dev), weights=row_w)
-        total = total + (1.0 - cfg.kd_weight) * parts["ce"]
-    if cfg.kd_weight > 0.0 or r.hidden_map or r.attention_map:
-        outs = {t.index: teacher_forward(t, batch, student_vocab=vocab,
-                                         hidden=bool(r.hidden_map) and t.index == cfg.hidden.teacher,
-                                         attentions=bool(r.attention_map) and t.index == cfg.attention.teacher,
-                                         shared_only=cfg.cross_tokenizer.shared_only)
-                for t in r.teachers}
-        if cfg.kd_weight > 0.0:
-            parts |= distillation(r, batch, logits, outs, row_w, tau)
-            total = total + cfg.kd_weight * parts["kd"]
-            for key in [k for k in parts if k.startswith("projection_ce/")]:  # trains the vocab projections only
-                total = total + parts[key]
-        if r.hidden_map:
-            t = r.teachers[cfg.hidden.teacher]
-            view = None if t.same_tokenizer else batch.views[t.index]
-            parts["hidden"] = hidden_state_loss(
-                out.hidden_states, outs[t.index].hidden_states, r.hidden_map, batch.loss_mask.to(dev),
-                projections=r.projections, positions=None if view is None else (view.student_pos.to(dev), view.teacher_pos.to(dev)))
-            total = total + cfg.hidden.weight * parts["hidden"]
-        if r.attention_map:
-            t = r.teachers[cfg.attention.teacher]
-            view = None if t.same_tokenizer else batch.views[t.index]
-            parts["attention"] = attention_loss(
-                out.attentions, outs[t.index].attentions, r.attention_map, batch.attention_mask.to(dev),
-                positions=None if view is None else (view.student_pos.to(dev), view.teacher_pos.to(dev)),
-                cross_tokenizer=view is not None)
-            total = total + cfg.attention.weight * parts["attention"]
-    if r.l2_reference is not None:
-        params = r.optimizer.param_groups[0]["params"]  # not the vocabulary projections
-        parts["l2"] = l2_penalty(params, r.l2_reference)
-        total = total + cfg.l2_weight * parts["l2"]
-    parts["loss"] = total
-    return parts
-
-
-def distillation(r: Run, batch: Batch, logits: torch.Tensor, outs: dict, row_w: torch.Tensor | None,
-                 tau: float) -> dict[str, torch.Tensor]:
-    """``kd``: the teachers' KD losses combined, and each teacher's own (``kd/<name>``, for the logs).
-
-    A teacher with another tokenizer is compared on the shared vocabulary (+ ULD), or with
-    ``cross_tokenizer.method: projection`` against its learned vocabulary projection, whose
-    cross-entropy comes back as ``projection_ce/<name>`` (not detached: the caller adds it).
-
-    Static weighting: ``sum_k w_k KD_k`` (each KD_k a mean over the rows teacher k covers).
-    Confidence weighting: per row, teacher k gets ``c_k`` from its entropy (``losses.confidence_weights``,
-    the static weights as prior); a cross-tokenizer teacher is only available at aligned rows.
-    """
-    from distillm_edge.training.cross_tokenizer import cross_tokenizer_kd, projected_kd
-    from distillm_edge.training.losses import confidence_weights, kd_loss, token_entropy
-
-    cfg, dev, n = r.cfg, logits.device, logits.shape[1]
-    common = dict(temperature=tau, kind=cfg.divergence, beta=cfg.jsd_beta, skew=cfg.skew)
-    conf = None
-    if cfg.teacher_weighting == "confidence":
-        entropies, available = [], []
-        for t in r.teachers:
-            tl = outs[t.index].logits.to(dev)
-            if t.same_tokenizer:
-                entropies.append(token_entropy(tl))
-                available.append(torch.ones(1, n, dtype=torch.bool, device=dev))
-                continue
-            view = batch.views[t.index]
-            h, a = torch.zeros(1, n, device=dev), torch.zeros(1, n, dtype=torch.bool, device=dev)
-            h[0, view.student_rows.to(dev)] = token_entropy(tl[:, view.teacher_rows.to(dev)]).view(-1)
-            a[0, view.student_rows.to(dev)] = True
-            entropies.append(h)
-            available.append(a)
-        conf = confidence_weights(entropies, [t.weight for t in r.teachers], available=available)
-    base_w = row_w if row_w is not None else torch.ones(1, n, device=dev)
-    parts, kd = {}, logits.new_zeros((), dtype=torch.float32)
-    for t in r.teachers:
-        tl = outs[t.index].logits.to(dev)
-        # static: teacher k's own weighted mean, scaled by w_k; confidence: per-row weights, one shared denominator
-        w, norm, scale = (row_w, None, t.weight) if conf is None else (base_w * conf[t.index], base_w.sum(), 1.0)
-        if t.same_tokenizer:
-            part = kd_loss(logits, tl, weights=w, normalizer=norm, **common)
-        elif r.vocab_projections is not None:
-            view = batch.views[t.index]
-            part, parts[f"projection_ce/{t.name}"] = projected_kd(
-                logits, tl, view.student_rows.view(1, -1).to(dev), view.teacher_rows.view(1, -1).to(dev),
-                r.vocab_projections[str(t.index)], batch.targets.view(1, -1).to(dev), weights=w, normalizer=norm, **common)
-        else:
-            view = batch.views[t.index]
-            s_ids, t_ids = t.vocab_map
-            vmap = (s_ids, torch.arange(len(t_ids))) if outs[t.index].shared_only else (s_ids, t_ids)
-            part = cross_tokenizer_kd(logits, tl, view.student_rows.view(1, -1).to(dev), view.teacher_rows.view(1, -1).to(dev),
-                                      vocab_map=vmap, uld_weight=cfg.cross_tokenizer.uld_weight, weights=w,
-                                      normalizer=norm, **common)
-        parts[f"kd/{t.name}"] = part.detach()
-        kd = kd + scale * part
-    parts["kd"] = kd
-    return parts
-
-
 # --------------------------------------------------------------------------- train
-
-
-def temperature(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    from distillm_edge.training.schedules import temperature_at
-
-    tc = cfg.temperature
-    schedule = {"progressive": "exponential"}.get(tc.schedule, tc.schedule)
-    return temperature_at(step, schedule=schedule, start=tc.initial, floor=tc.floor, decay_steps=tc.steps or total_steps)
 
 
 def train(r: Run) -> None:
@@ -522,18 +383,8 @@ def train(r: Run) -> None:
             step_start = time.perf_counter()
             rng = ckpt.rng_state()  # an interrupted step restarts from here
             tau = temperature(cfg, state.step, r.total_steps)
-            sums: dict[str, float] = {}
-            tokens = seen = 0
-            for a in range(cfg.grad_accum):
-                batch = collate([r.train_examples[i] for i in r.plan[state.micro + a * world + rank]], student_pad, pads)
-                sync = a == cfg.grad_accum - 1
-                with contextlib.nullcontext() if sync else acc.no_sync(r.student), acc.autocast():
-                    parts = compute_loss(r, batch, tau)
-                    acc.backward(parts["loss"] / cfg.grad_accum)
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-                tokens += batch.tokens
-                seen += int(batch.attention_mask.sum())
+            batches = step_batches(r, state.micro, world, rank, pads, student_pad)
+            sums, tokens, seen = accumulate(r, batches, tau)
             if world > 1:  # the vocabulary projections are not DDP-wrapped: average their gradients here
                 for p in vocab_params:
                     if p.grad is not None:
@@ -651,63 +502,8 @@ def save_vocab_projections(r: Run) -> list[Path]:
     return paths
 
 
-def evaluate_run(r: Run, student) -> dict:
-    """The before/after table on the held-out examples (printed, and saved as report.md)."""
-    pad, examples = pad_id(r.tokenizer), r.valid_examples
-    started = time.perf_counter()
-    with r.log.task("evaluating (held-out)", len(examples)) as advance:
-        if r.initial_student is not None:
-            scores = evaluate({"before": r.initial_student, "after": student}, r.teachers, examples, pad, progress=advance)
-        else:  # LoRA: the "before" student is the base model with its adapters disabled
-            with student.disable_adapter():
-                before = evaluate({"before": student}, r.teachers, examples, pad)
-            scores = evaluate({"after": student}, r.teachers, examples, pad, progress=advance) | {"before": before["before"]}
-    summ = summary(scores, [t.name for t in r.teachers])
-    summ["eval_seconds"] = time.perf_counter() - started
-    table = format_table(summ)
-    atomic_write_text(r.run_dir / "report.md", f"# Held-out evaluation\n\n{table}\n")
-    r.log.event("eval", summ)
-    r.log.result(table)
-    return summ
-
-
 def cleanup(r: Run) -> None:
     r.log.close()
     r.initial_student = None
     for t in r.teachers:
         t.model = None
-
-
-# --------------------------------------------------------------------------- choosing a student
-
-
-def probe(cfg: TrainConfig, strategies: list[str]) -> list[tuple[str, int, float]]:
-    """Print the held-out perplexity of ``student.model`` itself and of each layer selection of it.
-
-    Uses the first ``eval_examples`` records of the held-out split, scored like the final table.
-    """
-    from rich.console import Console
-
-    from distillm_edge.data import load_prepared
-    from distillm_edge.models import LoadOptions, load_model, select_layers
-    from distillm_edge.training.report import perplexity, probe_layers
-
-    console = Console(stderr=True, soft_wrap=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    for s in strategies:  # a syntax error in any of them fails before the model loads
-        select_layers(10**6, s)
-    source, tokenizer = load_model(cfg.student.model, LoadOptions(dtype=cfg.student.dtype), progress=False)
-    ensure_chat_template(tokenizer)
-    path = prepared_data(cfg, tokenizer)
-    records = list(load_prepared(path)["valid"])[: cfg.eval_examples or None]
-    examples, _ = encode_records(records, tokenizer, {}, cfg.max_length, train_on_prompt=cfg.train_on_prompt)
-    tokens = sum(sum(e.student.counted[1:]) for e in examples)
-    console.print(f"{len(examples)} held-out examples from {path} ({tokens} response tokens)")
-    rows = [("(all layers)", source.config.num_hidden_layers, perplexity(source, examples, pad_id(tokenizer)))]
-    console.print(f"{rows[0][0]:<24} {rows[0][1]:>3} layers  perplexity {rows[0][2]:>14,.1f}")
-    for s in strategies:
-        row = probe_layers(source, [s], examples, pad_id(tokenizer))[0]
-        console.print(f"{row[0]:<24} {row[1]:>3} layers  perplexity {row[2]:>14,.1f}")
-        rows.append(row)
-    return rows

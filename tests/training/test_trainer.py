@@ -14,93 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import random
-from pathlib import Path
 
 import pytest
 import torch
+from tinyrun import tiny_config, train_rows
 
-from distillm_edge.config import ConfigError, from_mapping
+from distillm_edge.config import ConfigError
 from distillm_edge.errors import UserError
-from distillm_edge.training import trainer
-from distillm_edge.training.config import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """A prepared dataset (train 24 / valid 4) cut from the built-in corpus, written like ``data prepare``."""
-    import datasets
-
-    from distillm_edge.data import builtin_corpus_path
-
-    rows = [json.loads(line) for line in builtin_corpus_path().read_text(encoding="utf-8").splitlines() if line.strip()]
-    random.Random(0).shuffle(rows)
-    recs = [{"id": r["id"], "instruction": r["question"], "input": "", "response": r["answer"], "source": "builtin",
-             "specialty": r["specialty"], "difficulty": r["difficulty"]} for r in rows[:28]]
-    out = tmp_path_factory.mktemp("tiny_data")
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(recs[:24]),
-                          "valid": datasets.Dataset.from_list(recs[24:])}).save_to_disk(str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_gemma_dir(tmp_path_factory, gemma_dir) -> Path:
-    """A 2-layer, 32-wide random Gemma-3 with the real Gemma tokenizer (262,144 tokens): a cross-tokenizer teacher."""
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(1)
-    cfg = Gemma3TextConfig(vocab_size=262144, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-                           sliding_window=64, layer_types=["sliding_attention", "full_attention"],
-                           bos_token_id=2, eos_token_id=1, pad_token_id=0)
-    out = tmp_path_factory.mktemp("tiny_gemma")
-    Gemma3ForCausalLM(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(gemma_dir).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_cross_dir(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide random Llama with its own 1,024-token byte-level BPE (trained on the built-in corpus in
-    well under a second): a cross-tokenizer teacher that loads in moments, unlike Gemma's 262k-token tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from distillm_edge.data import builtin_corpus_path
-
-    rows = [json.loads(line) for line in builtin_corpus_path().read_text(encoding="utf-8").splitlines() if line.strip()]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([r["question"] + "\n" + r["answer"] for r in rows],
-                            trainers.BpeTrainer(vocab_size=1024, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    torch.manual_seed(2)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=512, bos_token_id=fast.bos_token_id,
-                      eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
-    out = tmp_path_factory.mktemp("tiny_cross")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    fast.save_pretrained(out)
-    return out
-
-
-def tiny_config(tiny_llama_dir, tiny_data, out, **changes) -> TrainConfig:
-    data = {
-        "teachers": [{"model": str(tiny_llama_dir), "weight": 1.0}],
-        "student": {"model": str(tiny_llama_dir), "layers": "even:1"},
-        "data": str(tiny_data), "max_length": 96, "eval_examples": 0, "max_steps": 6, "grad_accum": 2,
-        "lr": 3e-3, "warmup_steps": 1, "freeze_embeddings": False, "save_every": 3, "progress": False,
-        "tensorboard": False, "out": str(out), "threads": 1,
-    }
-    data.update(changes)
-    return from_mapping(TrainConfig, data)
-
-
-def train_rows(run_dir: Path) -> list[dict]:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(x) for x in lines if json.loads(x)["kind"] == "train"]
+from distillm_edge.training import step, trainer
 
 
 def test_short_run_learns_and_writes_a_complete_run_directory(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path):
@@ -153,13 +74,13 @@ def test_interrupted_run_resumes_with_the_same_losses(tiny_llama_dir, tiny_data,
     full = trainer.run(tiny_config(tiny_llama_dir, tiny_data, tmp_path / "full"))
     expected = [r["loss"] for r in train_rows(full)]
 
-    original = trainer.compute_loss
-    monkeypatch.setattr(trainer, "compute_loss", interrupt_at_call(9, original))  # step 5's first micro-batch (grad_accum 2)
+    original = step.compute_loss
+    monkeypatch.setattr(step, "compute_loss", interrupt_at_call(9, original))  # step 5's first micro-batch (grad_accum 2)
     cfg = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
         trainer.run(cfg)
     assert (tmp_path / "cut" / "checkpoints" / "step-000004").is_dir()  # saved on Ctrl-C
-    monkeypatch.setattr(trainer, "compute_loss", original)
+    monkeypatch.setattr(step, "compute_loss", original)
     with pytest.raises(UserError, match="--resume"):
         trainer.run(cfg)  # a new run into a used directory is refused
     trainer.run(cfg, resume=True)
@@ -180,14 +101,14 @@ def test_learned_vocab_projection_trains_saves_and_resumes(tiny_llama_dir, tiny_
                                             "min_shared": 100})
 
     widths = []
-    original_forward = trainer.teacher_forward
+    original_forward = step.teacher_forward
 
     def recording_forward(*args, **kwargs):
         out = original_forward(*args, **kwargs)
         widths.append(out.logits.shape[-1])
         return out
 
-    monkeypatch.setattr(trainer, "teacher_forward", recording_forward)
+    monkeypatch.setattr(step, "teacher_forward", recording_forward)
     full = trainer.run(cfg(tmp_path / "full"))
     log = capsys.readouterr().err
     assert "other tokenizer" in log and "shared tokens" in log  # the shared-vocab diagnostics still print
@@ -207,11 +128,11 @@ def test_learned_vocab_projection_trains_saves_and_resumes(tiny_llama_dir, tiny_
     assert not torch.equal(step3["vocab_projections.0.up.weight"], step6["vocab_projections.0.up.weight"])  # it trains
     assert not any(k.startswith("vocab_projections") for k in load_file(next((full / "model").glob("*.safetensors"))))
 
-    original = trainer.compute_loss
-    monkeypatch.setattr(trainer, "compute_loss", interrupt_at_call(9, original))  # step 5's first micro-batch (grad_accum 2)
+    original = step.compute_loss
+    monkeypatch.setattr(step, "compute_loss", interrupt_at_call(9, original))  # step 5's first micro-batch (grad_accum 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.run(cfg(tmp_path / "cut"))
-    monkeypatch.setattr(trainer, "compute_loss", original)
+    monkeypatch.setattr(step, "compute_loss", original)
     trainer.run(cfg(tmp_path / "cut"), resume=True)
     got = {r["step"]: r for r in train_rows(tmp_path / "cut")}
     for key in ("loss", f"loss/projection_ce/{name}"):
@@ -221,7 +142,7 @@ def test_learned_vocab_projection_trains_saves_and_resumes(tiny_llama_dir, tiny_
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_llama_dir, tiny_data, tmp_path, monkeypatch):
-    original = trainer.compute_loss
+    original = step.compute_loss
     bad_steps: set[int] = {2}
 
     def poisoned(r, batch, tau):
@@ -230,7 +151,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_llama_dir, tiny_da
             parts["loss"] = parts["loss"] * float("nan")
         return parts
 
-    monkeypatch.setattr(trainer, "compute_loss", poisoned)
+    monkeypatch.setattr(step, "compute_loss", poisoned)
     run_dir = trainer.run(tiny_config(tiny_llama_dir, tiny_data, tmp_path / "one", max_steps=4))
     rows = train_rows(run_dir)
     assert [r["skipped"] for r in rows] == [False, True, False, False]
