@@ -3,6 +3,8 @@ replacement of ``--out``.
 
 Records stream into two Arrow IPC files (train / valid) in batches, so memory stays flat; they
 are then opened memory-mapped as ``datasets.Dataset`` objects and saved as one ``DatasetDict``.
+Both splits are always written; an empty one (``--valid-fraction 0``) is one empty shard with
+the same columns, so ``datasets.load_from_disk`` loads every output.
 The split is a function of ``(seed, id)`` alone (BLAKE2b → uniform number < ``valid_fraction``
 goes to valid): the same record lands in the same split whatever else is in the corpus, and
 the split is stable across runs.
@@ -108,7 +110,10 @@ def write_splits(records: Iterable[Record], folder: Path, valid_fraction: float,
         dataset = datasets.DatasetDict(
             {s: datasets.Dataset.from_file(str(spill / f"{s}.arrow")) for s in SPLITS}
         )
-        dataset.save_to_disk(str(folder))
+        # an empty split saved with datasets' default (0 shards) cannot be loaded back (IndexError in
+        # load_from_disk): write one empty shard, so every split loads, with the same columns
+        empty = {s: 1 for s in SPLITS if counts["splits"][s] == 0}
+        dataset.save_to_disk(str(folder), num_shards=empty or None)
         del dataset
     shutil.rmtree(spill, ignore_errors=True)
     return {

@@ -107,10 +107,11 @@ def _load_saved(path: Path, limit: int) -> tuple[list[GenItem], str]:
         if not split:
             raise UserError(f"{path}: has splits {', '.join(data)}; expected one of {', '.join(_SPLITS)}.")
         data = data[split]
+    if len(data) == 0:
+        raise UserError(f"{path}: the '{split or 'data'}' split is empty (prepared with --valid-fraction 0?); "
+                        "prepare held-out data with --valid-fraction > 0 or pass a JSON/JSONL file with --data.")
     rows = data.select(range(min(limit, len(data)))) if limit else data
     items = [_record(dict(row), f"{path}:{split or 'data'}:{i}") for i, row in enumerate(rows)]
-    if not items:
-        raise UserError(f"{path}: no records.")
     return items, sha256_dir(path, ("**/*.arrow", "**/*.json"))
 
 
