@@ -7,16 +7,24 @@
   i = output of block i). Averaged over mapped layers. The projections come from
   ``make_projections`` and are owned (and optimized) by the trainer.
 - ``attention_loss``: MSE between attention maps [B, H, T, T] (``output_attentions``; index i =
-  block i, needs ``attn_implementation="eager"``) over pairs of valid query/key positions,
-  averaged over heads and mapped layers. Different head counts: if one divides the other, the
-  larger side's heads are averaged in consecutive groups down to the smaller count (the GQA
-  grouping); otherwise both sides are averaged to one map (``heads="mean"`` forces that).
+  block i, needs ``attn_implementation="eager"``) over causal pairs (key <= query) of valid
+  positions, averaged over mapped layers. By default (``heads="mean"``) each side's heads are
+  averaged to one map first: head i of one model has no relation to head i of an independently
+  trained one. ``heads="per_head"`` compares head by head; with different head counts, if one
+  divides the other the larger side's heads are averaged in consecutive groups down to the
+  smaller count (the GQA grouping), otherwise both sides are averaged to one map. Pairs above
+  the diagonal are 0 on both sides and are not counted in the denominator.
   For a teacher with a different tokenizer, attention is only compared on aligned positions
   (``positions`` from ``cross_tokenizer.align_batch``); without them it raises.
 - ``l2_penalty``: sum of squared weights, or with ``reference`` the squared drift from those
   (initial) weights, L2-SP (Li et al. 2018) -- the choice for distillation, since the student
   starts from pretrained weights and plain L2 would pull them to 0 (AdamW weight decay already
-  does that). No 1/2 factor; multiply by your coefficient.
+  does that). No 1/2 factor; multiply by your coefficient. The trainer applies its gradient once
+  per optimizer step instead (``l2_sp_gradient_``), which builds no graph over the weights.
+
+Both losses take ``normalizer``: the denominator to use instead of this call's own count (the
+trainer passes the count over a whole optimizer step, so accumulated micro-batches weigh tokens
+like one batch). Teacher tensors are moved to the student's device (a teacher may sit on another GPU).
 
 Test: ``pytest tests/training/test_alignment.py``.
 """
@@ -30,7 +38,7 @@ from torch import Tensor, nn
 
 from distillm_edge.errors import UserError
 
-HEAD_MODES = ("auto", "mean")
+HEAD_MODES = ("mean", "per_head")
 
 
 def make_projections(layer_map: Mapping[int, int], student_width: int, teacher_width: int, *, bias: bool = False) -> nn.ModuleDict:
@@ -73,12 +81,14 @@ def hidden_state_loss(
     projections: Mapping[str, nn.Module] | None = None,
     positions: tuple[Tensor, Tensor] | None = None,
     weights: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
 ) -> Tensor:
     """Mean over mapped layers of the masked MSE between projected student and teacher hidden states.
 
     ``mask`` [B, Ts] counts student tokens; ``weights`` per sample [B] give a weighted mean;
     ``positions = (student_pos, teacher_pos)`` [B, K] (-1 padded) compare only aligned positions
-    (cross-tokenizer teachers); otherwise both sequences must have the same length.
+    (cross-tokenizer teachers); otherwise both sequences must have the same length. ``normalizer``
+    replaces each layer's denominator (the summed weights of its counted rows).
     """
     if not layer_map:
         raise UserError("hidden-state alignment needs a non-empty layer map {student_layer: teacher_layer}")
@@ -87,6 +97,8 @@ def hidden_state_loss(
         hs = _pick(student_hidden, s_layer, "student", "hidden state")
         ht = _pick(teacher_hidden, t_layer, "teacher", "hidden state").detach()
         batch, seq = hs.shape[:2]
+        if positions is not None:
+            positions = (positions[0].to(hs.device), positions[1].to(ht.device))
         counted = _counted(mask, batch, seq, positions, hs.device)
         if positions is not None:
             hs, ht = _gather_positions(hs, positions[0]), _gather_positions(ht, positions[1])
@@ -96,7 +108,7 @@ def hidden_state_loss(
                 "tokenizer needs positions=(student_pos, teacher_pos) from cross_tokenizer.align_batch"
             )
         b, t = counted.nonzero(as_tuple=True)
-        hs_rows, ht_rows = hs[b, t], ht[b, t]
+        hs_rows, ht_rows = hs[b, t], ht[b.to(ht.device), t.to(ht.device)].to(hs.device)
         proj = projections[str(s_layer)] if projections is not None and str(s_layer) in projections else None
         if proj is not None:
             param = next(iter(proj.parameters()), None)
@@ -108,7 +120,7 @@ def hidden_state_loss(
             )
         mse_rows = (hs_rows.float() - ht_rows.float()).pow(2).mean(dim=-1)
         w = torch.ones_like(mse_rows) if weights is None else weights.float().to(mse_rows.device)[b]
-        denom = w.sum()
+        denom = w.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float32)
         layer_loss = (w * mse_rows).sum() / denom if denom > 0 else (w * mse_rows).sum() * 0.0
         total = layer_loss if total is None else total + layer_loss
     return total / len(layer_map)
@@ -116,9 +128,9 @@ def hidden_state_loss(
 
 def _match_heads(a_s: Tensor, a_t: Tensor, heads: str) -> tuple[Tensor, Tensor]:
     hs, ht = a_s.shape[1], a_t.shape[1]
-    if hs == ht and heads == "auto":
+    if hs == ht and heads == "per_head":
         return a_s, a_t
-    if heads == "auto" and max(hs, ht) % min(hs, ht) == 0:
+    if heads == "per_head" and max(hs, ht) % min(hs, ht) == 0:
         def group(a: Tensor, n: int) -> Tensor:
             return a.reshape(a.shape[0], n, a.shape[1] // n, *a.shape[2:]).mean(dim=2)
         return (group(a_s, ht), a_t) if hs > ht else (a_s, group(a_t, hs))
@@ -133,13 +145,15 @@ def attention_loss(
     *,
     positions: tuple[Tensor, Tensor] | None = None,
     cross_tokenizer: bool = False,
-    heads: str = "auto",
+    heads: str = "mean",
+    normalizer: float | Tensor | None = None,
 ) -> Tensor:
-    """Mean over mapped layers of the MSE between attention maps over valid (query, key) pairs.
+    """Mean over mapped layers of the MSE between attention maps over valid causal (query, key) pairs.
 
     ``attention_mask`` [B, Ts]: 1 for real (non-padding) student tokens. With ``positions``, the
     maps are restricted to aligned rows and columns and each row is renormalized over the kept
-    keys (so both sides are distributions over the same key set).
+    keys (so both sides are distributions over the same key set). ``normalizer`` replaces the
+    number of counted pairs in each layer's denominator (counted pairs times compared heads).
     """
     if heads not in HEAD_MODES:
         raise UserError(f"unknown head matching '{heads}'; choose one of {', '.join(HEAD_MODES)}")
@@ -148,7 +162,7 @@ def attention_loss(
     total = None
     for s_layer, t_layer in layer_map.items():
         a_s = _pick(student_attn, s_layer, "student", "attention map").float()
-        a_t = _pick(teacher_attn, t_layer, "teacher", "attention map").detach().float()
+        a_t = _pick(teacher_attn, t_layer, "teacher", "attention map").detach().to(a_s.device).float()
         batch, _, seq, _ = a_s.shape
         if positions is None and (cross_tokenizer or a_t.shape[-1] != seq):
             raise UserError(
@@ -156,13 +170,18 @@ def attention_loss(
                 "positions: pass positions=(student_pos, teacher_pos) from cross_tokenizer.align_batch "
                 f"(student length {seq}, teacher length {a_t.shape[-1]})"
             )
-        valid = _counted(attention_mask, batch, seq, positions, a_s.device)
         if positions is not None:
+            positions = (positions[0].to(a_s.device), positions[1].to(a_s.device))
+        valid = _counted(attention_mask, batch, seq, positions, a_s.device)
+        if positions is not None:  # aligned positions increase on both sides: causal stays lower-triangular
             a_s, a_t = _aligned_submatrix(a_s, positions[0]), _aligned_submatrix(a_t, positions[1])
         a_s, a_t = _match_heads(a_s, a_t, heads)
-        pairs = (valid[:, :, None] & valid[:, None, :])[:, None].float()  # [B, 1, K, K]
+        k = valid.shape[1]
+        causal = torch.ones(k, k, dtype=torch.bool, device=valid.device).tril()
+        pairs = (valid[:, :, None] & valid[:, None, :] & causal)[:, None].float()  # [B, 1, K, K]
         sq = (a_s - a_t).pow(2) * pairs
-        denom = pairs.sum() * a_s.shape[1]
+        counted = pairs.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float32)
+        denom = counted * a_s.shape[1]
         layer_loss = sq.sum() / denom if denom > 0 else sq.sum() * 0.0
         total = layer_loss if total is None else total + layer_loss
     return total / len(layer_map)

@@ -116,6 +116,7 @@ class AttentionConfig:
     weight: float = 0.0
     teacher: int = 0
     layers: tuple[int, ...] = ()  # student layers; their teacher layers come from layer_map
+    heads: Literal["mean", "per_head"] = "mean"  # mean: compare head-averaged maps; per_head: head i to head i
 
     def __post_init__(self) -> None:
         if self.weight < 0:

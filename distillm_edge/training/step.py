@@ -75,7 +75,7 @@ def compute_loss(r: Run, batch: Batch, tau: float) -> dict[str, torch.Tensor]:
             parts["attention"] = attention_loss(
                 out.attentions, outs[t.index].attentions, r.attention_map, batch.attention_mask.to(dev),
                 positions=None if view is None else (view.student_pos.to(dev), view.teacher_pos.to(dev)),
-                cross_tokenizer=view is not None)
+                cross_tokenizer=view is not None, heads=cfg.attention.heads)
             total = total + cfg.attention.weight * parts["attention"]
     if r.l2_reference is not None:
         params = r.optimizer.param_groups[0]["params"]  # not the vocabulary projections

@@ -4,7 +4,9 @@ A teacher shares the student's tokenizer (same vocabulary: logits compared posit
 position) or not (another tokenizer: its own tokenization of the same chat, positions aligned by
 character offsets, logits compared on the shared vocabulary; see ``cross_tokenizer.py``).
 :func:`open_teachers` decides that from the tokenizers alone, before any weights load, so
-impossible configs (attention alignment with a cross-tokenizer teacher) fail fast.
+impossible configs (attention alignment with a cross-tokenizer teacher) fail fast. "Same" means
+the same regular vocabulary and the same special tokens where the student uses them
+(:func:`compare_tokenizers`): Llama-3.0 and Llama-3.2 differ only in reserved token names.
 
 Teachers run under ``torch.inference_mode()`` in the training step itself (no logit cache: on a
 CPU the memory for cached 49k/262k-wide rows would dwarf the models, and each record is seen
@@ -43,6 +45,7 @@ class Teacher:
     tokenizer: object
     pad_id: int
     same_tokenizer: bool
+    tokenizer_note: str = ""  # what differs from the student's tokenizer (see compare_tokenizers)
     vocab_map: tuple[torch.Tensor, torch.Tensor] | None = None  # (student_ids, teacher_ids) if cross-tokenizer
     model: torch.nn.Module | None = None
     shared_head: torch.Tensor | None = None  # output-embedding rows of the shared vocabulary [S, D]
@@ -67,9 +70,83 @@ def display_name(spec: str) -> str:
     return Path(spec.rstrip("/")).name or spec
 
 
+@dataclass(frozen=True)
+class TokenizerComparison:
+    """Whether a teacher can be compared with the student position by position, and what differs."""
+
+    same: bool
+    differences: tuple[str, ...] = ()  # one line each; when ``same``, only special tokens the student never uses
+
+    def note(self) -> str:
+        """A short line for the run log ("" when nothing differs)."""
+        if not self.differences:
+            return ""
+        if self.same:
+            shown = "; ".join(self.differences[:2]) + ("; ..." if len(self.differences) > 2 else "")
+            return (f"{len(self.differences)} special tokens differ, all unused by the student's chat template and "
+                    f"special tokens ({shown})")
+        return "; ".join(self.differences[:3])
+
+
 def same_vocabulary(a, b) -> bool:
-    """True when two tokenizers map every token string to the same id."""
-    return a is b or a.get_vocab() == b.get_vocab()
+    """True when a teacher with tokenizer ``b`` can be compared with a student with ``a`` position by position."""
+    return compare_tokenizers(a, b).same
+
+
+def _special_tokens(tokenizer) -> dict[int, str]:
+    """id -> token string of every special token (declared specials and added tokens marked special)."""
+    out = {int(i): str(tok) for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+           if getattr(tok, "special", False)}
+    for i in getattr(tokenizer, "all_special_ids", []) or []:
+        out.setdefault(int(i), tokenizer.convert_ids_to_tokens(int(i)))
+    return out
+
+
+def used_special_ids(tokenizer) -> set[int]:
+    """Special ids the student's data can contain: bos/eos/pad/unk and those its chat template emits."""
+    used = {int(i) for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                             tokenizer.unk_token_id) if i is not None}
+    specials = _special_tokens(tokenizer)
+    turns = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    for messages in ([{"role": "system", "content": "be brief"}] + turns, turns):
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # a template may reject a system turn: try without one
+            continue
+        used |= {i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i in specials}
+    return used
+
+
+def compare_tokenizers(student, teacher) -> TokenizerComparison:
+    """Same tokenizer for distillation: the regular vocabulary is identical (token -> id), and every special token
+    the student uses (see :func:`used_special_ids`) has the same id and name in the teacher's.
+
+    Reserved special tokens that are only named differently (Llama-3.0's ``<|reserved_special_token_2|>`` is
+    Llama-3.2's ``<|finetune_right_pad_id|>``, same id) do not matter: the student's data never contains them.
+    """
+    if student is teacher:
+        return TokenizerComparison(True)
+    s_special, t_special = _special_tokens(student), _special_tokens(teacher)
+    s_regular = {tok: i for tok, i in student.get_vocab().items() if i not in s_special}
+    t_regular = {tok: i for tok, i in teacher.get_vocab().items() if i not in t_special}
+    blocking: list[str] = []
+    if s_regular != t_regular:
+        only_s = sorted(set(s_regular) - set(t_regular))
+        only_t = sorted(set(t_regular) - set(s_regular))
+        moved = sorted(tok for tok in set(s_regular) & set(t_regular) if s_regular[tok] != t_regular[tok])
+        example = (only_s or only_t or moved)[:3]
+        blocking.append(f"regular vocabulary differs: {len(only_s)} tokens only in the student's, {len(only_t)} only "
+                        f"in the teacher's, {len(moved)} with other ids (e.g. {example})")
+    used = used_special_ids(student)
+    unused: list[str] = []
+    for i in sorted(set(s_special) | set(t_special)):
+        a = s_special.get(i, student.convert_ids_to_tokens(i) if i < len(student) else None)
+        b = t_special.get(i, teacher.convert_ids_to_tokens(i) if i < len(teacher) else None)
+        if a == b:
+            continue
+        line = f"id {i} '{a}' vs '{b}'"
+        (blocking if i in used else unused).append(line + (" (used by the student)" if i in used else ""))
+    return TokenizerComparison(not blocking, tuple(blocking + unused) if blocking else tuple(unused))
 
 
 def pad_id(tokenizer) -> int:
@@ -93,10 +170,10 @@ def open_teachers(cfg: TrainConfig, student_tokenizer, cache_dir: Path | None) -
         check_device(i, tc.device)
         tok = student_tokenizer if tc.model == cfg.student.model else load_tokenizer(tc.model, progress=False)
         ensure_chat_template(tok)
-        same = same_vocabulary(student_tokenizer, tok)
+        comparison = compare_tokenizers(student_tokenizer, tok)
         name = names[i] if names.count(names[i]) == 1 else f"{names[i]}#{i}"
-        teacher = Teacher(i, name, tc.model, tc.weight / total, tok, pad_id(tok), same)
-        if not same:
+        teacher = Teacher(i, name, tc.model, tc.weight / total, tok, pad_id(tok), comparison.same, comparison.note())
+        if not comparison.same:
             teacher.vocab_map = shared_vocab(student_tokenizer, tok, cache_dir=cache_dir)
             shared = len(teacher.vocab_map[0])
             if shared < cfg.cross_tokenizer.min_shared and cfg.cross_tokenizer.uld_weight == 0:

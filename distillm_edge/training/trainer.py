@@ -252,7 +252,8 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
     teachers = open_teachers(cfg, tokenizer, cache_dir=ensure_dir(home() / "cache"))
     for t in teachers:
         log.say(f"teacher {t.name}: weight {t.weight:.2f}, "
-                + ("same tokenizer" if t.same_tokenizer else f"other tokenizer, {len(t.vocab_map[0]):,} shared tokens"))
+                + ("same tokenizer" if t.same_tokenizer else f"other tokenizer, {len(t.vocab_map[0]):,} shared tokens")
+                + (f" ({t.tokenizer_note})" if t.tokenizer_note else ""))
     train_examples, valid_examples = load_examples(cfg, tokenizer, teachers, log)
 
     # models

@@ -102,33 +102,55 @@ def test_hidden_state_errors_name_the_fix():
 
 
 def naive_attention(a_s, a_t, valid):
+    """Mean squared difference over heads and causal (key <= query) pairs of valid positions."""
     num, den = 0.0, 0
     for b in range(a_s.shape[0]):
         for h in range(a_s.shape[1]):
             for i in range(a_s.shape[2]):
-                for j in range(a_s.shape[3]):
+                for j in range(i + 1):
                     if valid[b, i] and valid[b, j]:
                         num += (a_s[b, h, i, j] - a_t[b, h, i, j]) ** 2
                         den += 1
     return num / den
 
 
-def test_attention_loss_same_heads_matches_loop():
+def test_attention_loss_per_head_matches_loop():
     a_s, a_t = attn(B, 4, T, 1), attn(B, 4, T, 2)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    got = attention_loss([a_s], [a_t], {0: 0}, mask)
+    got = attention_loss([a_s], [a_t], {0: 0}, mask, heads="per_head")
     torch.testing.assert_close(got, naive_attention(a_s, a_t, mask.bool()))
-    assert attention_loss([a_s], [a_s.clone()], {0: 0}) == 0
+    assert attention_loss([a_s], [a_s.clone()], {0: 0}, heads="per_head") == 0
 
 
-def test_attention_head_grouping_and_mean():
+def test_attention_default_compares_head_averaged_maps():
+    """Head i of one model has nothing to do with head i of another: the default compares head means, so a
+    teacher whose heads are a permutation of the student's costs nothing (per_head would charge it)."""
+    a_s = attn(B, 4, T, 1)
+    permuted = a_s[:, [2, 0, 3, 1]]
+    assert attention_loss([a_s], [permuted], {0: 0}).item() == pytest.approx(0.0, abs=1e-12)
+    assert attention_loss([a_s], [permuted], {0: 0}, heads="per_head") > 1e-3
+    a_t = attn(B, 4, T, 2)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    want = naive_attention(a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True), mask.bool())
+    torch.testing.assert_close(attention_loss([a_s], [a_t], {0: 0}, mask), want)
+
+
+def test_attention_denominator_counts_causal_pairs_only():
+    """Causal maps are 0 above the diagonal on both sides; counting those pairs would halve the loss."""
+    a_s, a_t = attn(1, 1, T, 3), attn(1, 1, T, 4)
+    diff = (a_s - a_t).pow(2)[0, 0]
+    want = diff.tril().sum() / (T * (T + 1) / 2)
+    torch.testing.assert_close(attention_loss([a_s], [a_t], {0: 0}), want)
+
+
+def test_attention_per_head_grouping_and_mean():
     a_s, a_t = attn(B, 2, T, 3), attn(B, 4, T, 4)  # 4 teacher heads -> 2 groups of 2
     grouped = torch.stack([a_t[:, 0:2].mean(1), a_t[:, 2:4].mean(1)], 1)
     valid = torch.ones(B, T, dtype=torch.bool)
-    torch.testing.assert_close(attention_loss([a_s], [a_t], {0: 0}), naive_attention(a_s, grouped, valid))
+    torch.testing.assert_close(attention_loss([a_s], [a_t], {0: 0}, heads="per_head"), naive_attention(a_s, grouped, valid))
     a_s3 = attn(B, 3, T, 5)  # 3 vs 4 heads: both averaged to one map
     want = naive_attention(a_s3.mean(1, keepdim=True), a_t.mean(1, keepdim=True), valid)
-    torch.testing.assert_close(attention_loss([a_s3], [a_t], {0: 0}), want)
+    torch.testing.assert_close(attention_loss([a_s3], [a_t], {0: 0}, heads="per_head"), want)
     torch.testing.assert_close(attention_loss([a_s], [a_t], {0: 0}, heads="mean"),
                                naive_attention(a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True), valid))
 
@@ -146,7 +168,8 @@ def test_attention_cross_tokenizer_needs_aligned_positions():
         m = a[:, :, p][:, :, :, p]
         return m / m.sum(-1, keepdim=True)
 
-    want = naive_attention(sub(a_s, sp[0]), sub(a_t, tp[0]), torch.ones(1, 3, dtype=torch.bool))
+    want = naive_attention(sub(a_s, sp[0]).mean(1, keepdim=True), sub(a_t, tp[0]).mean(1, keepdim=True),
+                           torch.ones(1, 3, dtype=torch.bool))
     torch.testing.assert_close(got, want)
 
 
