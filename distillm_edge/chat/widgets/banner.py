@@ -1,0 +1,46 @@
+"""The escalation banner: shown while a question or draft trips an active red flag, with each
+matched rule, its severity, the matched words and the advice; says approval needs acknowledgment.
+
+Test: ``pytest tests/chat/test_chat_app.py::test_red_flag_needs_acknowledgment``.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from distillm_edge.safety.redflags import Hit
+
+
+class RedFlagBanner(Static):
+    DEFAULT_CSS = """
+    RedFlagBanner { dock: top; height: auto; max-height: 6; display: none;
+                    background: $error; color: $text; padding: 0 1; }
+    RedFlagBanner.shown { display: block; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hits: tuple[Hit, ...] = ()
+        self.acknowledged = False
+
+    def show_hits(self, hits: tuple[Hit, ...], acknowledged: bool = False) -> None:
+        self.hits, self.acknowledged = tuple(hits), acknowledged
+        self.set_class(bool(self.hits), "shown")
+        self.update(self.render_text() if self.hits else "")
+
+    def render_text(self) -> Text:
+        seen, text = set(), Text()
+        for hit in self.hits:
+            if hit.rule_id in seen:
+                continue
+            seen.add(hit.rule_id)
+            text.append(f"⚠ RED FLAG [{hit.severity.upper()}] {hit.title}", style="bold")
+            text.append(f" ({hit.rule_id}): “{hit.matched}” in the {hit.source}\n")
+            text.append(f"  {hit.advice}\n")
+        if self.acknowledged:
+            text.append("Escalation acknowledged.", style="bold")
+        else:
+            text.append("Approval is blocked until you acknowledge the escalation (a or e asks you to).",
+                        style="bold")
+        return text

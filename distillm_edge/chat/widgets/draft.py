@@ -1,0 +1,63 @@
+"""The current draft: a labelled, bordered Markdown view the answer streams into.
+
+While generating it says so (Esc cancels); once complete it lists the decision keys. The text is
+never part of the conversation until the clinician approves it. ``first_shown_at`` /
+``last_shown_at`` record (``time.perf_counter``) when the first and latest text became visible
+(after the screen refreshed), which ``benchmarks/chat_latency.py`` reads.
+
+Test: ``pytest tests/chat/test_chat_app.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label, Markdown
+
+GENERATING = "DRAFT · generating… (Esc cancels)"
+READY = "DRAFT · not approved · a approve · e edit · r reject · g regenerate · Esc cancel"
+
+
+class DraftView(Vertical):
+    DEFAULT_CSS = """
+    DraftView { height: auto; border: heavy $warning; border-title-color: $warning;
+                border-title-style: bold; padding: 0 0; margin: 0 0 1 0; }
+    DraftView Markdown { margin: 0; padding: 0 1; }
+    DraftView .finish { color: $text-muted; padding: 0 1; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.text = ""
+        self.first_shown_at: float | None = None
+        self.last_shown_at: float | None = None
+        self.shown_chars = 0
+        self.border_title = GENERATING
+
+    def compose(self) -> ComposeResult:
+        yield Markdown("", id="draft-body")
+        yield Label("", classes="finish")
+
+    @property
+    def body(self) -> Markdown:
+        return self.query_one("#draft-body", Markdown)
+
+    async def append(self, text: str) -> None:
+        """Add streamed text and re-render; records when it became visible."""
+        self.text += text
+        await self.body.append(text)  # incremental: only the last block is parsed again
+        length = len(self.text)
+        self.call_after_refresh(self._shown, length)
+
+    def _shown(self, length: int) -> None:
+        now = time.perf_counter()
+        if self.first_shown_at is None and length:
+            self.first_shown_at = now
+        self.last_shown_at, self.shown_chars = now, length
+
+    def finish(self, finish_reason: str, tokens: int) -> None:
+        self.border_title = READY
+        why = {"length": "stopped at max tokens", "stop": "complete"}.get(finish_reason, finish_reason)
+        self.query_one(".finish", Label).update(f"{tokens} tokens · {why}")
