@@ -244,11 +244,13 @@ def check(rules: RuleSet, text: str, source: str = "text") -> list[Hit]:
 # --- Loading and validation --------------------------------------------------------------------
 
 
-def _compile(pattern: Any, where: str, path: str) -> re.Pattern:
+def _compile(pattern: Any, where: str, path: str, words: bool = True) -> re.Pattern:
     if not isinstance(pattern, str) or not pattern.strip():
         raise RulesError(f"{path}: {where}: expected a non-empty regular expression string, got {pattern!r}.")
     try:
         compiled = re.compile(pattern, re.IGNORECASE)
+        if words:  # whole words: a match cannot start or end inside a word
+            compiled = re.compile(rf"(?<!\w)(?:{pattern})(?!\w)", re.IGNORECASE)
     except re.error as exc:
         raise RulesError(
             f"{path}: {where}: {pattern!r} is not a valid regular expression ({exc.msg} at position {exc.pos}). "
@@ -376,7 +378,7 @@ def _parse_context(data: Mapping, path: str, base: dict[str, list[str]] | None) 
 
 def _build_context(lists: dict[str, list[str]], path: str) -> Context:
     def comp(key: str) -> list[re.Pattern]:
-        return [_compile(p, f"context: field '{key}'[{i}]", path) for i, p in enumerate(lists.get(key, []))]
+        return [_compile(p, f"context: field '{key}'[{i}]", path, words=False) for i, p in enumerate(lists.get(key, []))]
 
     before, after = {}, {}
     for reason in REASONS:
