@@ -7,6 +7,7 @@
     distillm-edge train --resume runs/med42               # continue from its latest checkpoint
     accelerate launch --multi_gpu --num_processes 2 $(which distillm-edge) train --recipe ...   # data parallel
     distillm-edge train --probe-layers "even:10;first-last:8,7"   # initial perplexity of candidate students
+    distillm-edge train --plan --recipe multi-teacher --gpus 2 --gpu-mem 24GiB   # memory per device; loads no weights
 
 Overrides are ``key=value`` (dotted keys for sections: ``lora.r=8``, ``temperature.initial=4``).
 
@@ -34,6 +35,9 @@ def register(app: typer.Typer) -> None:
         probe_layers: str = typer.Option(
             None, "--probe-layers", help="Measure the initial held-out perplexity of layer selections "
             "(';'-separated, e.g. 'even:10;first-last:8,7') of student.model, and exit."),
+        plan: bool = typer.Option(False, "--plan", help="Print the per-device memory plan and whether it fits; loads no weights."),
+        gpus: int = typer.Option(None, "--gpus", help="--plan: GPUs to plan for (0 = CPU; default: the visible ones)."),
+        gpu_mem: str = typer.Option(None, "--gpu-mem", help="--plan: memory per GPU, e.g. 24GiB (default: the visible GPU's)."),
     ) -> None:
         """Distil the teachers into a student (multi-teacher KD); writes a run directory."""
         import os
@@ -65,6 +69,11 @@ def register(app: typer.Typer) -> None:
                 if out:
                     extra["out"] = out
                 cfg = resolve_config(recipe, str(config) if config else None, extra)
+            if plan:
+                from distillm_edge.training import plan as planner
+
+                planner.run(cfg, gpus=gpus, memory=gpu_mem)
+                return
             from distillm_edge.training import trainer
 
             if probe_layers:
