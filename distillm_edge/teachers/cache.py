@@ -1,0 +1,544 @@
+"""Offline teacher-logit cache: run a teacher once over a prepared dataset, distil from its top-k afterwards.
+
+``distillm-edge teachers cache --teacher SPEC --data DIR --out DIR [--top-k 64]`` encodes every record
+of a split with the teacher's own tokenizer and chat template (``training.batches.encode``, as the
+trainer does), runs the teacher (``training.teachers.teacher_forward``, one record per forward: no
+padding) and stores, for every position that predicts a counted token:
+
+- the top-k log-probabilities (fp16) and their ids (int32) in the **teacher's own vocabulary**;
+- the rest of the distribution as one bucket: its log-mass ``f(β) = log Σ_tail exp(β · lp)`` and
+  slope ``f'(β)`` at a grid of inverse temperatures β = 1/τ (``--temperatures``, default 1 … 8),
+  so a tempered teacher ``softmax(z/τ)`` is known on top-k ∪ {tail} for any τ in the grid's range
+  (cubic Hermite interpolation in β between grid points; exact on them). With ``--student``
+  naming a student whose tokenizer differs, the same for the tail *within the shared vocabulary*
+  (what the cross-tokenizer shared-vocabulary KL renormalizes over), and the vocabulary map;
+- per record, the teacher's token ids, character offsets, special-token flags and response
+  start: what ``batches.align`` needs to align the teacher with any student tokenization later.
+
+Storage: one ``safetensors`` file per shard of ``--shard-size`` records (no pickle), compressed as
+a whole with zstd (level 3: ~0.5 GB/s decompression, and int32 ids below 2^18 and
+sorted fp16 log-probs compress well; measured ratio in the manifest), written atomically; a
+shard whose file exists with the same cache key is skipped, so an interrupted run resumes.
+``manifest.json``: teacher spec + weights sha256, tokenizer hashes, dataset sha256, split, k,
+temperatures, records/rows, bytes per row (compressed and raw), ``complete``.
+
+The loss (:func:`cached_kd_loss`, pure): the divergence between the *coarsened* distributions
+over top-k ∪ {tail} (teacher from the cache, student from its live logits: q_tail = 1 - Σ q_top),
+forward KL by default, any ``losses.KINDS``; chunked like ``losses.kd_loss`` with a closed-form
+gradient. For a cross-tokenizer teacher (``vocab_map``) both distributions are restricted to the
+shared vocabulary first, as ``cross_tokenizer.cross_tokenizer_kd`` does (ULD is not cached).
+**Tolerance against the online loss**: equal up to fp16 rounding of the log-probs (~1e-3
+relative) when top-k covers the vocabulary; otherwise smaller by exactly
+``Σ p_tail · KL(p_tail/p_tail(τ) || q_tail/q_tail(τ))`` (coarsening never increases a KL), which is
+small when the tempered teacher puts little mass outside its top-k (τ near 1) and grows with τ;
+``benchmarks/train_step.py`` measures the gap on the real teachers.
+
+Integration (the trainer, once issue 9's refactor lands):
+
+- config: ``teachers[i].cache: DIR`` (optional); such a teacher loads no weights;
+- setup: ``cached = CachedTeacher.open(dir, data_dir=<prepared data>, teacher_tokenizer=...,
+  student_tokenizer=...)`` (checks dataset hash, tokenizers, train_on_prompt);
+- step: ``rows = cached.rows_for(examples, batch)`` (``examples`` = the micro-batch's ``Example``s
+  in batch order, ``batch`` its ``Batch`` or packed ``PackedBatch.batch``), then
+  ``cached_kd_loss(logits, rows, temperature=tau, kind=cfg.divergence, weights=row_w,
+  vocab_map=None if same tokenizer else cached.vocab_map)`` in place of ``kd_loss`` /
+  ``cross_tokenizer_kd`` in ``trainer.distillation`` (``logits`` = the student's flat rows [1, N, V]).
+
+Test: ``pytest tests/teachers/test_cache.py tests/training/test_logit_cache.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from distillm_edge.errors import UserError
+
+CACHE_VERSION = 1
+TEMPERATURES: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+MANIFEST = "manifest.json"
+_FMIN = torch.finfo(torch.float32).min
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """``distillm-edge teachers cache`` options."""
+
+    teacher: str
+    data: str
+    out: str
+    top_k: int = 64
+    student: str | None = "smollm2-135m-instruct"  # for the shared-vocabulary tail of a cross-tokenizer teacher
+    split: str = "train"
+    max_length: int = 1024  # teacher tokens per record (the trainer gives other-tokenizer teachers 4 x max_length)
+    train_on_prompt: bool = False
+    temperatures: tuple[float, ...] = TEMPERATURES
+    shard_size: int = 128
+    dtype: str = "float32"
+    threads: int = 0
+    zstd_level: int = 3
+    max_examples: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise UserError(f"--top-k {self.top_k}: must be >= 1 (e.g. 64).")
+        if self.shard_size < 1 or self.max_length < 2:
+            raise UserError(f"--shard-size {self.shard_size} / --max-length {self.max_length}: must be >= 1 / >= 2.")
+        temps = list(self.temperatures)
+        if not temps or any(t <= 0 for t in temps) or temps != sorted(set(temps)):
+            raise UserError(f"--temperatures {temps}: give rising temperatures > 0, e.g. 1,1.5,2,3,4,6,8.")
+
+
+# --------------------------------------------------------------------------- per-row summaries (pure)
+
+
+def summarize_rows(logits: Tensor, top_k: int, temperatures: Sequence[float],
+                   shared_ids: Tensor | None = None) -> dict[str, Tensor]:
+    """Top-k log-probs/ids and the tail's ``[f(β), f'(β)]`` per row of teacher ``logits`` [n, V].
+
+    ``tail`` [n, G, 2] covers the whole vocabulary outside the top-k; ``shared_tail`` (if
+    ``shared_ids`` is given) only the shared entries outside the top-k. An empty tail has f = -inf.
+    """
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    k = min(top_k, lp.shape[-1])
+    top_logp, top_ids = lp.topk(k, dim=-1)
+    rest = lp.scatter(1, top_ids, float("-inf"))
+    out = {"top_ids": top_ids.to(torch.int32), "top_logp": top_logp.to(torch.float16),
+           "tail": _tail_stats(rest, temperatures)}
+    if shared_ids is not None:
+        out["shared_tail"] = _tail_stats(rest[:, shared_ids.to(rest.device)], temperatures)
+    return out
+
+
+def _tail_stats(rest: Tensor, temperatures: Sequence[float]) -> Tensor:
+    stats = []
+    for tau in temperatures:
+        x = rest / tau
+        m = x.amax(dim=-1, keepdim=True)
+        finite = torch.isfinite(m)
+        e = torch.exp(x - torch.where(finite, m, torch.zeros_like(m)))
+        s = e.sum(dim=-1)
+        f = torch.where(finite.squeeze(1), torch.log(s) + m.squeeze(1), torch.full_like(s, float("-inf")))
+        slope = torch.where(s > 0, (e * torch.nan_to_num(rest, neginf=0.0)).sum(dim=-1) / s.clamp_min(1e-30), torch.zeros_like(s))
+        stats.append(torch.stack([f, slope], dim=-1))
+    return torch.stack(stats, dim=1)
+
+
+def tail_at(tail: Tensor, temperatures: Sequence[float], tau: float) -> Tensor:
+    """log Σ_tail exp(lp / τ) per row from the cached grid [n, G, 2] (cubic Hermite in β = 1/τ)."""
+    temps = list(temperatures)
+    if not temps[0] - 1e-9 <= tau <= temps[-1] + 1e-9:
+        raise UserError(f"temperature {tau:g} is outside the cached range {temps[0]:g}..{temps[-1]:g}; rebuild the cache "
+                        f"with --temperatures covering it, or keep the temperature schedule within that range.")
+    for g, t in enumerate(temps):
+        if abs(t - tau) < 1e-9:
+            return tail[:, g, 0]
+    hi = next(g for g, t in enumerate(temps) if t > tau)  # temps rise, so betas fall: beta(hi) < beta < beta(hi-1)
+    b0, b1, beta = 1.0 / temps[hi], 1.0 / temps[hi - 1], 1.0 / tau
+    f0, d0, f1, d1 = tail[:, hi, 0], tail[:, hi, 1], tail[:, hi - 1, 0], tail[:, hi - 1, 1]
+    h = b1 - b0
+    t = (beta - b0) / h
+    value = ((2 * t**3 - 3 * t**2 + 1) * f0 + (t**3 - 2 * t**2 + t) * h * d0 + (-2 * t**3 + 3 * t**2) * f1
+             + (t**3 - t**2) * h * d1)
+    return torch.where(torch.isfinite(f0) & torch.isfinite(f1), value, torch.full_like(value, float("-inf")))
+
+
+# --------------------------------------------------------------------------- the loss (pure)
+
+
+@dataclass
+class CachedRows:
+    """A cached teacher's rows for one batch, matched to the student's flat logits rows."""
+
+    student_rows: Tensor  # [K] long, rising: indices into the student's flat rows
+    top_ids: Tensor  # [K, k] long, teacher vocabulary
+    top_logp: Tensor  # [K, k] fp32, log-probs at temperature 1
+    tail: Tensor  # [K, G, 2]: full tail (same tokenizer) or shared-vocabulary tail (other tokenizer)
+    temperatures: tuple[float, ...]
+    unmatched: int = 0  # counted student rows with no teacher row (other tokenizer: not aligned)
+
+
+def cached_kd_loss(student_logits: Tensor, rows: CachedRows, *, temperature: float = 1.0, kind: str = "forward_kl",
+                   beta: float = 0.5, skew: float = 0.1, weights: Tensor | None = None,
+                   normalizer: float | Tensor | None = None, vocab_map: tuple[Tensor, Tensor] | None = None,
+                   chunk_size: int | None = None) -> Tensor:
+    """tau^2 * D(teacher || student) on top-k ∪ {tail}, weighted mean over ``rows`` (see the module docstring).
+
+    ``student_logits`` [1, N, V] flat rows (``weights`` [1, N] per row, like the trainer's); with
+    ``vocab_map = (student_ids, teacher_ids)`` both distributions live on the shared vocabulary.
+    0 (zero gradients) when there are no rows.
+    """
+    from distillm_edge.training.losses import check_kind, chunked_row_loss, counted_rows, divergence_rows
+
+    check_kind(kind, beta, skew)
+    if temperature <= 0:
+        raise UserError(f"temperature must be > 0, got {temperature}")
+    if student_logits.dim() != 3 or student_logits.shape[0] != 1:
+        raise ValueError(f"student logits must be flat rows [1, N, V], got {tuple(student_logits.shape)}")
+    dev, n_rows, vocab = student_logits.device, student_logits.shape[1], student_logits.shape[2]
+    mask = torch.zeros(1, n_rows, dtype=torch.bool, device=dev)
+    mask[0, rows.student_rows.to(dev)] = True
+    if int(mask.sum()) != rows.student_rows.numel():
+        raise ValueError("CachedRows.student_rows repeats a row")
+    b, t, w = counted_rows(mask, weights, (1, n_rows), normalizer, dev)
+    order = torch.argsort(rows.student_rows.to(dev))  # counted_rows lists rows in rising order
+    top_ids, top_logp = rows.top_ids.to(dev)[order].long(), rows.top_logp.to(dev)[order].float()
+    tail = tail_at(rows.tail.to(dev)[order].float(), rows.temperatures, float(temperature))
+    if vocab_map is None:
+        universe = None
+        pos = torch.where(top_ids < vocab, top_ids, torch.full_like(top_ids, -1))
+    else:
+        s_ids, t_ids = (x.to(dev).long() for x in vocab_map)
+        universe = s_ids
+        lookup = torch.full((max(int(t_ids.max()) + 1, int(top_ids.max()) + 1),), -1, dtype=torch.long, device=dev)
+        lookup[t_ids] = torch.arange(len(t_ids), device=dev)
+        pos = lookup[top_ids]
+    tau = float(temperature)
+
+    def row_fn(s: Tensor, _te: Tensor | None, sl: slice, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        s.div_(tau)
+        su = s if universe is None else s[:, universe]
+        lq = torch.log_softmax(su, dim=-1)
+        p = pos[sl]
+        valid = p >= 0
+        pc = p.clamp_min(0)
+        in_top = torch.zeros_like(lq, dtype=torch.int32).scatter_add_(1, pc, valid.int()) > 0  # (add: invalid ids sit at 0 too)
+        lq_top = lq.gather(1, pc).masked_fill(~valid, _FMIN)
+        lq_rest = torch.logsumexp(lq.masked_fill(in_top, float("-inf")), dim=-1).clamp_min(_FMIN)
+        lp = torch.cat([(top_logp[sl] / tau).masked_fill(~valid, float("-inf")), tail[sl].unsqueeze(1)], dim=1)
+        lp = (lp - torch.logsumexp(lp, dim=-1, keepdim=True)).clamp_min(_FMIN)
+        loss, g = divergence_rows(torch.cat([lq_top, lq_rest.unsqueeze(1)], dim=1), lp, kind, beta=beta, skew=skew,
+                                  need_grad=need_grad)
+        if not need_grad:
+            return loss.mul_(tau * tau), None
+        g_top, g_rest = g[:, :-1] * valid, g[:, -1:]
+        tail_share = torch.exp(lq - lq_rest.unsqueeze(1)).masked_fill_(in_top, 0.0)  # d lse(tail) / d s_j
+        gu = tail_share.mul_(g_rest).scatter_add_(1, pc, g_top)
+        if universe is not None:
+            full = torch.zeros_like(s)
+            full[:, universe] = gu
+            gu = full
+        return loss.mul_(tau * tau), gu.mul_(tau)
+
+    return chunked_row_loss(student_logits, None, (b, t), None, w, row_fn, chunk_size)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _compress(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], level: int) -> bytes:
+    import zstandard
+    from safetensors.torch import save
+
+    raw = save({k: v.contiguous() for k, v in tensors.items()}, metadata=dict(metadata))
+    return zstandard.ZstdCompressor(level=level).compress(raw)
+
+
+def read_shard(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """A shard's tensors and metadata (decompressed in memory)."""
+    import zstandard
+    from safetensors.torch import load
+
+    raw = zstandard.ZstdDecompressor().decompress(Path(path).read_bytes())
+    header_len = int.from_bytes(raw[:8], "little")  # safetensors: u64 header length, JSON header, data
+    meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
+    return load(raw), meta
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors.zst"
+
+
+def _cache_key(settings: Mapping) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dataset_hash(path: Path) -> str:
+    """sha256 over a prepared dataset's files (the arrow data and the split/info JSON)."""
+    from distillm_edge.io import sha256_dir
+
+    return sha256_dir(Path(path), patterns=("*.json", "*/*.arrow", "*/*.json"))
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _settings(cfg: CacheConfig, data: Path, teacher_tok, student_tok, cross: bool) -> dict:
+    from distillm_edge.io import sha256_dir
+    from distillm_edge.models import local_dir
+    from distillm_edge.training.cross_tokenizer import tokenizer_hash
+
+    where = local_dir(cfg.teacher, progress=cfg.progress)
+    return {
+        "version": CACHE_VERSION, "teacher": cfg.teacher,
+        "teacher_sha256": sha256_dir(Path(where)) if Path(str(where)).is_dir() else f"hub:{where}",
+        "teacher_tokenizer": tokenizer_hash(teacher_tok), "dtype": cfg.dtype,
+        "student_tokenizer": tokenizer_hash(student_tok) if cross else None,
+        "dataset_sha256": dataset_hash(data), "split": cfg.split, "max_examples": cfg.max_examples,
+        "top_k": cfg.top_k, "max_length": cfg.max_length, "train_on_prompt": cfg.train_on_prompt,
+        "temperatures": list(cfg.temperatures), "shard_size": cfg.shard_size,
+    }
+
+
+def _check_out(out: Path, settings: dict, key: str) -> None:
+    path = out / MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("key") != key:
+            diff = [k for k in settings if old.get("settings", {}).get(k) != settings[k]]
+            raise UserError(f"--out {out}: holds a cache made with other settings ({', '.join(diff) or 'version'} differ); "
+                            "choose another --out, or delete it to rebuild.")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out}: not empty and holds no {MANIFEST}; choose an empty or new folder.")
+
+
+def run(cfg: CacheConfig) -> dict:
+    """Build (or resume) the cache described by ``cfg``; returns the final manifest."""
+    import time
+
+    from distillm_edge.data import load_prepared
+    from distillm_edge.io import atomic_path, atomic_write_json, ensure_dir, home
+    from distillm_edge.models import LoadOptions, load_model, load_tokenizer
+    from distillm_edge.training.batches import Example, collate, encode, ensure_chat_template
+    from distillm_edge.training.cross_tokenizer import shared_vocab
+    from distillm_edge.training.teachers import (
+        Teacher,
+        display_name,
+        pad_id,
+        same_vocabulary,
+        teacher_forward,
+    )
+
+    started = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = Path(cfg.data).expanduser()
+    dataset = load_prepared(data)
+    if cfg.split not in dataset:
+        raise UserError(f"--split {cfg.split}: {data} has splits {', '.join(dataset)}.")
+    records = list(dataset[cfg.split])[: cfg.max_examples]
+    tok = load_tokenizer(cfg.teacher, progress=cfg.progress)
+    ensure_chat_template(tok)
+    student_tok, vocab_map = None, None
+    if cfg.student:
+        student_tok = load_tokenizer(cfg.student, progress=cfg.progress)
+        ensure_chat_template(student_tok)
+        if not same_vocabulary(student_tok, tok):
+            vocab_map = shared_vocab(student_tok, tok, cache_dir=ensure_dir(home() / "cache"))
+    settings = _settings(cfg, data, tok, student_tok, vocab_map is not None)
+    key = _cache_key(settings)
+    out = Path(cfg.out).expanduser()
+    _check_out(out, settings, key)
+    ensure_dir(out)
+    manifest = {"key": key, "settings": settings, "complete": False}
+    atomic_write_json(out / MANIFEST, manifest)
+    if vocab_map is not None:
+        from safetensors.torch import save_file
+
+        with atomic_path(out / "shared_vocab.safetensors") as tmp:
+            save_file({"student_ids": vocab_map[0], "teacher_ids": vocab_map[1]}, str(tmp))
+    shared_ids = None if vocab_map is None else vocab_map[1]
+    teacher = None
+    totals = {"records": 0, "dropped": 0, "tokens": 0, "rows": 0, "bytes": 0, "raw_bytes": 0, "computed_shards": 0,
+              "skipped_shards": 0}
+    n_shards = math.ceil(len(records) / cfg.shard_size)
+    for si in range(n_shards):
+        path = out / shard_name(si)
+        meta = read_shard(path)[1] if path.is_file() else {}
+        if meta.get("key") != key:
+            if teacher is None:
+                model, _ = load_model(cfg.teacher, LoadOptions(dtype=cfg.dtype), progress=cfg.progress)
+                model.eval().requires_grad_(False)
+                teacher = Teacher(0, display_name(cfg.teacher), cfg.teacher, 1.0, tok, pad_id(tok), True, model=model)
+            chunk = records[si * cfg.shard_size : (si + 1) * cfg.shard_size]
+            parts: dict[str, list[Tensor]] = {}
+            ids, dropped = [], 0
+            for rec in chunk:
+                enc = encode(tok, rec, cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+                if enc is None:
+                    dropped += 1
+                    continue
+                batch = collate([Example(str(rec["id"]), "", 1, enc, {})], teacher.pad_id, {})
+                width = teacher.model.get_output_embeddings().weight.shape[0]
+                logits = teacher_forward(teacher, batch, student_vocab=width).logits[0]
+                for start in range(0, logits.shape[0], 32):  # bounded memory for 262k-wide rows
+                    for k, v in summarize_rows(logits[start : start + 32], cfg.top_k, cfg.temperatures, shared_ids).items():
+                        parts.setdefault(k, []).append(v)
+                parts.setdefault("row_pos", []).append(batch.loss_mask[0].nonzero()[:, 0].to(torch.int32))
+                parts.setdefault("ids", []).append(torch.tensor(enc.ids, dtype=torch.int32))
+                parts.setdefault("offsets", []).append(torch.tensor(enc.offsets, dtype=torch.int32).view(-1, 2))
+                parts.setdefault("special", []).append(torch.tensor(enc.special, dtype=torch.uint8))
+                parts.setdefault("counted", []).append(torch.tensor(enc.counted, dtype=torch.uint8))
+                parts.setdefault("meta", []).append(torch.tensor(
+                    [[len(enc.ids), int(logits.shape[0]), enc.response_start, enc.first, enc.response_chars, int(enc.truncated)]],
+                    dtype=torch.int32))
+                ids.append(str(rec["id"]))
+            tensors = {k: torch.cat(v) for k, v in parts.items()}
+            if not ids:
+                tensors = {"meta": torch.zeros(0, 6, dtype=torch.int32)}
+            rows = int(tensors["meta"][:, 1].sum())
+            meta = {"key": key, "record_ids": json.dumps(ids), "records": str(len(chunk)), "dropped": str(dropped),
+                    "tokens": str(int(tensors["meta"][:, 0].sum())), "rows": str(rows),
+                    "raw_bytes": str(sum(v.numel() * v.element_size() for v in tensors.values()))}
+            blob = _compress(tensors, meta, cfg.zstd_level)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(blob)
+            totals["computed_shards"] += 1
+        else:
+            totals["skipped_shards"] += 1
+        for name in ("records", "dropped", "tokens", "rows", "raw_bytes"):
+            totals[name] += int(meta[name])
+        totals["bytes"] += path.stat().st_size
+        if cfg.progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"shard {si + 1}/{n_shards}: {totals['rows']:,} rows, {totals['bytes'] / 1e6:.1f} MB")
+    rows = max(1, totals["rows"])
+    manifest.update(totals, complete=True, shards=n_shards, bytes_per_row=totals["bytes"] / rows,
+                    raw_bytes_per_row=totals["raw_bytes"] / rows, compression=totals["raw_bytes"] / max(1, totals["bytes"]),
+                    seconds=time.perf_counter() - started, config=asdict(cfg))
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Entry:
+    shard: dict[str, Tensor]
+    token_start: int
+    n_tokens: int
+    row_start: int
+    n_rows: int
+    meta: tuple[int, ...]  # n_tokens, n_rows, response_start, first, response_chars, truncated
+
+
+class CachedTeacher:
+    """A complete cache, loaded into memory (decompressed), looked up by record id."""
+
+    def __init__(self, path: Path, manifest: dict, entries: dict[str, _Entry], vocab_map: tuple[Tensor, Tensor] | None):
+        self.path, self.manifest, self.entries, self.vocab_map = path, manifest, entries, vocab_map
+        self.temperatures = tuple(manifest["settings"]["temperatures"])
+
+    @classmethod
+    def open(cls, path: str | Path, *, data_dir: str | Path | None = None, student_tokenizer=None,
+             train_on_prompt: bool | None = None) -> CachedTeacher:
+        path = Path(path).expanduser()
+        if not (path / MANIFEST).is_file():
+            raise UserError(f"{path}: no teacher cache here ({MANIFEST} missing); build it with `distillm-edge teachers cache`.")
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        settings = manifest.get("settings", {})
+        if settings.get("version") != CACHE_VERSION:
+            raise UserError(f"{path}: cache version {settings.get('version')} (this build reads {CACHE_VERSION}); rebuild it.")
+        if not manifest.get("complete"):
+            raise UserError(f"{path}: the cache is incomplete; run the same `distillm-edge teachers cache` again to finish it.")
+        if data_dir is not None and dataset_hash(Path(data_dir).expanduser()) != settings["dataset_sha256"]:
+            raise UserError(f"{path}: cached for another dataset than {data_dir}; rebuild with --data {data_dir}.")
+        if train_on_prompt is not None and bool(settings["train_on_prompt"]) != bool(train_on_prompt):
+            raise UserError(f"{path}: cached with train_on_prompt={settings['train_on_prompt']}, the run uses {train_on_prompt}.")
+        vocab_map = None
+        if (path / "shared_vocab.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            v = load_file(str(path / "shared_vocab.safetensors"))
+            vocab_map = (v["student_ids"].long(), v["teacher_ids"].long())
+            if student_tokenizer is not None:
+                from distillm_edge.training.cross_tokenizer import tokenizer_hash
+
+                if tokenizer_hash(student_tokenizer) != settings["student_tokenizer"]:
+                    raise UserError(f"{path}: its shared vocabulary was built for another student tokenizer; rebuild with "
+                                    "--student naming this run's student.")
+        entries: dict[str, _Entry] = {}
+        for si in range(manifest["shards"]):
+            tensors, meta = read_shard(path / shard_name(si))
+            tok = row = 0
+            for j, rid in enumerate(json.loads(meta["record_ids"])):
+                m = tuple(int(x) for x in tensors["meta"][j])
+                entries[rid] = _Entry(tensors, tok, m[0], row, m[1], m)
+                tok, row = tok + m[0], row + m[1]
+        return cls(path, manifest, entries, vocab_map)
+
+    def _entry(self, record_id: str) -> _Entry:
+        try:
+            return self.entries[record_id]
+        except KeyError:
+            raise UserError(f"{self.path}: record {record_id} is not in the cache (another split or --max-examples?); "
+                            "rebuild the cache for this run's data.") from None
+
+    def encoding(self, record_id: str, max_response_chars: int | None = None):
+        """The teacher's ``batches.Encoded`` of a record, cut like ``batches.encode(max_response_chars=...)``."""
+        from distillm_edge.training.batches import Encoded
+
+        e = self._entry(record_id)
+        sl = slice(e.token_start, e.token_start + e.n_tokens)
+        ids, offsets = e.shard["ids"][sl].tolist(), [tuple(o) for o in e.shard["offsets"][sl].tolist()]
+        _, _, start, first, chars, truncated = e.meta
+        n = len(ids)
+        if max_response_chars is not None:
+            while n and offsets[n - 1][1] - start > max_response_chars:
+                n -= 1
+        counted = [bool(c) for c in e.shard["counted"][sl].tolist()[:n]]
+        special = [bool(c) for c in e.shard["special"][sl].tolist()[:n]]
+        return Encoded(tuple(ids[:n]), tuple(counted), tuple(offsets[:n]), tuple(special), start, first, chars,
+                       bool(truncated) or n < len(ids))
+
+    def rows_for(self, examples: Sequence) -> CachedRows:
+        """The cached rows matching the student's flat rows of a batch of ``examples`` (batch order)."""
+        from distillm_edge.training.batches import align
+
+        same = self.vocab_map is None
+        tail_name = "tail" if same else "shared_tail"
+        picks: list[tuple[int, dict[str, Tensor], int]] = []  # (student row, shard, cached row)
+        offset = unmatched = 0
+        for ex in examples:
+            s = ex.student
+            loss_pos = [t for t in range(len(s.ids) - 1) if s.counted[t + 1]]
+            e = self._entry(ex.id)
+            row_of = {int(p): r for r, p in enumerate(e.shard["row_pos"][e.row_start : e.row_start + e.n_rows].tolist())}
+            if same:
+                cached_ids = tuple(e.shard["ids"][e.token_start : e.token_start + min(e.n_tokens, len(s.ids))].tolist())
+                if cached_ids != s.ids[: len(cached_ids)]:
+                    raise UserError(f"{self.path}: record {ex.id} was tokenized differently when cached (another chat "
+                                    "template or tokenizer); rebuild the cache with this run's teacher.")
+                missing = [t for t in loss_pos if t not in row_of]
+                if missing:
+                    raise UserError(f"{self.path}: record {ex.id} has no cached row at position {missing[0]} (cached with "
+                                    f"max_length={self.manifest['settings']['max_length']}, "
+                                    f"train_on_prompt={self.manifest['settings']['train_on_prompt']}); rebuild to match the run.")
+                pairs = [(j, row_of[t]) for j, t in enumerate(loss_pos)]
+            else:
+                t_enc = self.encoding(ex.id, s.response_chars if s.truncated else None)
+                s_pos, t_pos = align(s, t_enc)
+                index_of = {t: j for j, t in enumerate(loss_pos)}
+                pairs = [(index_of[a], row_of[b]) for a, b in zip(s_pos, t_pos) if a in index_of and b in row_of]
+                unmatched += len(loss_pos) - len(pairs)
+            picks.extend((offset + j, e.shard, e.row_start + r) for j, r in pairs)
+            offset += len(loss_pos)
+        k = len(next(iter(self.entries.values())).shard["top_ids"][0]) if self.entries else 1
+        g = len(self.temperatures)
+        if not picks:
+            return CachedRows(torch.zeros(0, dtype=torch.long), torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k),
+                              torch.zeros(0, g, 2), self.temperatures, unmatched)
+        groups: dict[int, tuple[dict, list[int], list[int]]] = {}
+        for srow, shard, crow in picks:
+            groups.setdefault(id(shard), (shard, [], []))[1].append(srow)
+            groups[id(shard)][2].append(crow)
+        rows, top_ids, top_logp, tails = [], [], [], []
+        for shard, srows, crows in groups.values():
+            idx = torch.tensor(crows)
+            rows.append(torch.tensor(srows))
+            top_ids.append(shard["top_ids"][idx].long())
+            top_logp.append(shard["top_logp"][idx].float())
+            tails.append(shard[tail_name][idx].float())
+        return CachedRows(torch.cat(rows), torch.cat(top_ids), torch.cat(top_logp), torch.cat(tails), self.temperatures,
+                          unmatched)
