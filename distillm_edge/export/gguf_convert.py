@@ -104,7 +104,7 @@ def _add_metadata(writer, ckpt: Checkpoint, outtype: str, name: str) -> None:
     writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(int(cfg["vocab_size"]))
     writer.add_rope_dimension_count(ckpt.head_dim)
-    if ckpt.head_dim != cfg["hidden_size"] // cfg["num_attention_heads"]:
+    if cfg.get("head_dim") is not None:  # as llama.cpp's convert_hf_to_gguf.py: whenever the config names it
         writer.add_key_length(ckpt.head_dim)
         writer.add_value_length(ckpt.head_dim)
     rope = ckpt.rope()

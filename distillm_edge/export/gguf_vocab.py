@@ -5,8 +5,9 @@ special, user-defined = added but not special, unused = padding of the embedding
 merges, the BOS/EOS/UNK/PAD ids, whether a BOS/EOS is added, the chat template, and the
 *pre-tokenizer kind*: llama.cpp re-implements each known byte-level BPE pre-tokenizer (the regex
 that splits text before merging) under a name. llama.cpp's converter picks the kind by hashing the
-ids of a probe string; we use that hash as a guess (after "gpt-2" when the tokenizer's
-pre-tokenizer is plain GPT-2 byte-level), then *check* it: a vocab-only GGUF is
+ids of a probe string; we use that hash as the first guess, so a file gets the converter's name
+whenever llama.cpp tokenizes identically under it (then "gpt-2" when the tokenizer's pre-tokenizer
+is plain GPT-2 byte-level), and *check* it: a vocab-only GGUF is
 written and loaded by llama.cpp, which must tokenize ``CHECK_TEXT`` (the probe plus fractions,
 superscripts, scripts, code, whitespace) exactly as the Hugging Face tokenizer does. If the guess
 fails, the other known kinds are tried; if none matches, export stops with an error.
@@ -95,8 +96,8 @@ def _plain_gpt2_split(tokenizer) -> bool:
 def settle_pre_tokenizer(vocab: GGUFVocab, tokenizer, write_stub: Callable[[Path, GGUFVocab], None],
                          workdir: Path) -> GGUFVocab:
     """``vocab`` with the first pre-tokenizer kind under which llama.cpp tokenizes ``CHECK_TEXT``
-    exactly like ``tokenizer`` (tried in order: "gpt-2" for a plain GPT-2 split, the probe-hash
-    guess, the other known kinds). ``write_stub(path, vocab)`` writes a
+    exactly like ``tokenizer`` (tried in order: the probe-hash guess, i.e. llama.cpp's converter's
+    own choice, then "gpt-2" for a plain GPT-2 split, then the other known kinds). ``write_stub(path, vocab)`` writes a
     tensor-less GGUF (metadata + vocab) that llama.cpp can load vocab-only."""
     import llama_cpp
 
@@ -104,8 +105,8 @@ def settle_pre_tokenizer(vocab: GGUFVocab, tokenizer, write_stub: Callable[[Path
 
     expected = tokenizer(CHECK_TEXT, add_special_tokens=False).input_ids
     guess = guess_pre_tokenizer(tokenizer)
-    first = "gpt-2" if _plain_gpt2_split(tokenizer) else None
-    candidates = [k for k in dict.fromkeys([first, guess, *KNOWN_PRE_TOKENIZERS.values()]) if k]
+    plain = "gpt-2" if _plain_gpt2_split(tokenizer) else None
+    candidates = [k for k in dict.fromkeys([guess, plain, *KNOWN_PRE_TOKENIZERS.values()]) if k]
     stub = workdir / f".vocab-check-{os.getpid()}.gguf"
     try:
         for kind in candidates:
