@@ -217,9 +217,9 @@ class ChatScreen(Screen):
         result = message.turn.result
         self.draft_view.finish(result.finish_reason, result.completion_tokens)
         self.banner.show_hits(draft.assessment.red_flags)
-        self.status.show("Draft ready: a approve · e edit · r reject · g regenerate · Esc cancel"
-                         + (" · RED FLAG: approval needs acknowledgment" if draft.assessment.requires_ack else ""),
-                         kind="busy")
+        self.status.show("RED FLAG: a, then type ack, to approve · e edit · r reject · g regenerate"
+                         if draft.assessment.requires_ack else
+                         "Draft ready: a approve · e edit · r reject · g regenerate · Esc cancel", kind="busy")
         self._show_context()
         self.refresh_bindings()
 
@@ -369,6 +369,6 @@ class ChatScreen(Screen):
             return state is State.DRAFT
         if action == "cancel":
             return state in (State.GENERATING, State.DRAFT)
-        if action in IDLE_ONLY:
-            return True if state is State.IDLE else None
+        if action in IDLE_ONLY:  # hidden while a draft is open, so the footer lists the decision keys
+            return state is State.IDLE
         return True

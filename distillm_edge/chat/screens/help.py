@@ -5,40 +5,46 @@ Test: ``pytest tests/chat/test_chat_snapshots.py``.
 
 from __future__ import annotations
 
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Markdown
+from textual.widgets import Label, Static
 
-HELP = """\
-# Keys
+KEYS = (
+    ("Enter", "send the question; the answer streams in as a DRAFT"),
+    ("Esc", "cancel the answer being generated, or the draft (logged)"),
+    ("a", "approve the draft: it enters the conversation"),
+    ("e", "edit the draft, then ctrl+s approves the edited text"),
+    ("r", "reject the draft with a reason (logged; nothing is kept)"),
+    ("g", "regenerate: another sample (the discarded draft is logged)"),
+    ("ctrl+n", "new conversation"),
+    ("ctrl+l", "conversations: Enter resume · m rename · d delete · x export"),
+    ("ctrl+x", "export this conversation to Markdown (approved text only)"),
+    ("ctrl+o", "settings: temperature, top-p, max tokens, system prompt"),
+    ("ctrl+t", "light / dark theme"),
+    ("? / F1", "this help (? from an empty input)"),
+    ("ctrl+q", "quit (an open draft is logged as cancelled)"),
+)
+RED_FLAGS = (
+    "Red flags: a question or draft that matches an emergency rule shows a red banner with the rule, "
+    "the matched words and the advice. One key cannot approve it: a (or saving an edit) asks you to "
+    "type ack; the acknowledgment is logged, then the answer is approved.\n\n"
+    "Every decision is logged with your name, the model and its hash, the settings, the question, "
+    "the draft and the final text. Only approved text is kept in conversations and exports."
+)
 
-| key | where | what |
-|---|---|---|
-| Enter | input | send the question; the answer streams in as a **draft** |
-| Esc | generating / draft | cancel (logged); the question returns to the input |
-| a | draft | approve: the draft enters the conversation |
-| e | draft | edit, then approve with ctrl+s (Esc returns to the draft) |
-| r | draft | reject with a reason (logged); nothing enters the conversation |
-| g | draft | regenerate another sample (the discarded draft is logged) |
-| ctrl+n | idle | new conversation |
-| ctrl+l | idle | conversations: Enter resume, m rename, d delete, x export |
-| ctrl+x | idle | export this conversation to Markdown (approved text only) |
-| ctrl+o | idle | settings: temperature, top-p, max tokens, system prompt |
-| ctrl+t | anywhere | light / dark theme |
-| ? or F1 | empty input | this help |
-| ctrl+q | anywhere | quit |
 
-# Red flags
-
-A question or draft that matches an emergency rule shows a red banner with the rule, the matched
-words and the advice. One-key approval is blocked: `a` (or saving an edit) opens a confirmation
-where you type **ack** and press Enter; the acknowledgment is logged, then the answer is approved.
-
-Every decision is written to the audit log with your name, the model and its hash, the settings,
-the question, the draft and the final text. Press Esc to close this help.
-"""
+def help_text() -> Group:
+    table = Table(box=None, show_header=False, padding=(0, 1), expand=True)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(ratio=1)
+    for key, what in KEYS:
+        table.add_row(key, what)
+    return Group(Text("Keys", style="bold underline"), table, Text(""), Text(RED_FLAGS))
 
 
 class HelpScreen(ModalScreen[None]):
@@ -48,7 +54,8 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
-            yield Markdown(HELP)
+            yield Static(help_text())
+            yield Label("Esc closes", id="hint")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -14,7 +14,7 @@ from distillm_edge.safety.redflags import Hit
 
 class RedFlagBanner(Static):
     DEFAULT_CSS = """
-    RedFlagBanner { dock: top; height: auto; max-height: 6; display: none;
+    RedFlagBanner { height: auto; max-height: 7; display: none;
                     background: $error; color: $text; padding: 0 1; }
     RedFlagBanner.shown { display: block; }
     """
@@ -35,12 +35,11 @@ class RedFlagBanner(Static):
             if hit.rule_id in seen:
                 continue
             seen.add(hit.rule_id)
-            text.append(f"⚠ RED FLAG [{hit.severity.upper()}] {hit.title}", style="bold")
-            text.append(f" ({hit.rule_id}): “{hit.matched}” in the {hit.source}\n")
-            text.append(f"  {hit.advice}\n")
+            text.append(f"⚠ RED FLAG · {hit.severity.upper()} · {hit.title}\n", style="bold")
+            text.append(f"rule {hit.rule_id} · “{hit.matched}” in the {hit.source}\n")
+            text.append(f"{hit.advice}\n")
         if self.acknowledged:
             text.append("Escalation acknowledged.", style="bold")
         else:
-            text.append("Approval is blocked until you acknowledge the escalation (a or e asks you to).",
-                        style="bold")
+            text.append("Approval blocked until acknowledged: press a, then type ack.", style="bold")
         return text

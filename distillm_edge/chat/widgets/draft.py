@@ -17,7 +17,7 @@ from textual.containers import Vertical
 from textual.widgets import Label, Markdown
 
 GENERATING = "DRAFT · generating… (Esc cancels)"
-READY = "DRAFT · not approved · a approve · e edit · r reject · g regenerate · Esc cancel"
+READY = "DRAFT · not approved · awaiting your review"
 
 
 class DraftView(Vertical):

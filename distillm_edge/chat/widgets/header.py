@@ -1,5 +1,5 @@
-"""The chat header: model, backend, quantization, context used/available, clinician, and the
-persistent notice that answers are drafts.
+"""The chat header: model, backend, quantization, context used/available, clinician and
+conversation on one line; under it, always, the notice that answers are drafts.
 
 Test: ``pytest tests/chat/test_chat_snapshots.py``.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
 from textual.widgets import Static
 
 NOTICE = "DRAFT ANSWERS; NOT FOR AUTONOMOUS CLINICAL DECISIONS"
@@ -20,9 +22,12 @@ def short_model_name(spec: str) -> str:
     return path.name if len(path.parts) > 1 or path.suffix else spec
 
 
-class ChatHeader(Static):
+class ChatHeader(Vertical):
     DEFAULT_CSS = """
-    ChatHeader { dock: top; height: 2; background: $panel; color: $text; }
+    ChatHeader { height: 2; }
+    ChatHeader #info { height: 1; background: $panel; color: $foreground; padding: 0 1; }
+    ChatHeader #notice { height: 1; background: $warning; color: $background; text-style: bold;
+                         text-align: center; }
     """
 
     def __init__(self, **kwargs):
@@ -33,15 +38,18 @@ class ChatHeader(Static):
         self.clinician = ""
         self.title = ""
 
+    def compose(self) -> ComposeResult:
+        yield Static(self.info_text(), id="info")
+        yield Static(f"⚠ {NOTICE}", id="notice")
+
     def show(self, **fields) -> None:
         """Update any of: model, backend, quant, ctx_used, n_ctx, clinician, title."""
         for key, value in fields.items():
             setattr(self, key, value)
-        self.update(self.render_text())
+        self.query_one("#info", Static).update(self.info_text())
 
-    def render_text(self) -> Text:
-        line = Text(" ", style="bold")
-        line.append(self.model, style="bold")
+    def info_text(self) -> Text:
+        line = Text(self.model, style="bold", no_wrap=True, overflow="ellipsis")
         if self.backend:
             line.append(f" · {self.backend} {self.quant}".rstrip())
         if self.n_ctx:
@@ -50,12 +58,8 @@ class ChatHeader(Static):
             line.append(f" · {self.clinician}")
         if self.title:
             line.append(f" · {self.title}", style="italic")
-        line.truncate(max(self.size.width, 20), overflow="ellipsis")
-        notice = Text(f" ⚠ {NOTICE} ", style="bold reverse")
-        return Text("\n").join([line, notice])
+        return line
 
-    def on_mount(self) -> None:
-        self.update(self.render_text())
-
-    def on_resize(self) -> None:
-        self.update(self.render_text())
+    def render_text(self) -> Text:
+        """Both lines as plain text (tests and the tmux end-to-end read this)."""
+        return Text("\n").join([self.info_text(), Text(f"⚠ {NOTICE}")])
