@@ -166,12 +166,16 @@ class _Request:
     temperature: float
     top_p: float
     rng: np.random.Generator
-    cancel: threading.Event
+    cancel: threading.Event  # the caller's: set when its client goes away
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     slot: int = -1
     pos: int = 0
     todo: list[int] = field(default_factory=list)  # tokens still to feed (the prompt, then the last sample)
     generated: int = 0
+    closed: bool = False  # the consumer stopped reading (generator closed)
+
+    def stopped(self) -> bool:
+        return self.closed or self.cancel.is_set()
 
 
 class SlotScheduler:
@@ -223,7 +227,7 @@ class SlotScheduler:
                     raise item
                 yield item
         finally:
-            request.cancel.set()  # no-op when it finished; otherwise the loop frees the slot
+            request.closed = True  # no-op when it finished; otherwise the loop frees the slot
             with self._wake:
                 self._wake.notify()
 
@@ -246,7 +250,7 @@ class SlotScheduler:
         request.out.put(item)
 
     def _admit(self) -> None:
-        for request in [r for r in self._waiting if r.cancel.is_set()]:
+        for request in [r for r in self._waiting if r.stopped()]:
             self._waiting.remove(request)
             request.out.put(_DONE)
         free = [s for s in range(self.n_slots) if s not in self._active]
@@ -260,7 +264,7 @@ class SlotScheduler:
         running sequence. Prompts are never mixed with other sequences' tokens, so a sequence's
         logits do not depend on what else is running (llama.cpp splits mixed batches into
         different micro-batches, which moves near-tied greedy choices)."""
-        for request in [r for r in self._active.values() if r.cancel.is_set()]:
+        for request in [r for r in self._active.values() if r.stopped()]:
             self._finish(request)
         prefill = [r for r in self._active.values() if len(r.todo) > 1 or r.generated == 0]
         decoding = [r for r in self._active.values() if len(r.todo) == 1 and r.generated > 0]

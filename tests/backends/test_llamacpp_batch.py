@@ -82,9 +82,10 @@ def test_scheduler_with_fewer_slots_than_streams(gguf, prompts, reference):
     scheduler = SlotScheduler(gguf, n_slots=2, n_ctx_per_slot=128, n_batch=32, threads=1)
     try:
         results: dict[int, list[int]] = {}
+        events = [threading.Event() for _ in prompts]
 
         def run(i):
-            results[i] = list(scheduler.stream(prompts[i], NEW))
+            results[i] = list(scheduler.stream(prompts[i], NEW, cancel=events[i]))
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
         for t in threads:
@@ -93,6 +94,7 @@ def test_scheduler_with_fewer_slots_than_streams(gguf, prompts, reference):
             t.join(120)
         for i, ref in enumerate(reference):
             assert results[i] == ref
+            assert not events[i].is_set()  # the caller's cancel event is the caller's to set
 
         stream = scheduler.stream(prompts[0], 64)
         next(stream)
