@@ -23,13 +23,13 @@ def eval_command(
     data_dir: str = typer.Option(None, "--data-dir", help="Benchmark folder in the layout of ../shared/data "
                                                           "(mmlu/, medqa/, medmcqa/, pubmedqa/); without it, the Hub."),
     mmlu_dir: str = typer.Option(None, "--mmlu-dir", help="MMLU folder (dev/, val/ CSVs); overrides <data-dir>/mmlu."),
-    split: str = typer.Option(None, "--split", help="MMLU split to score: val, dev or test. [default: val]"),
+    split: str = typer.Option(None, "--split", help="MMLU split to score: auto (test when the MMLU folder has test/, as lm-eval; else val), val, dev or test. [default: auto]"),
     num_fewshot: int = typer.Option(None, "--num-fewshot", help="MMLU examples from the dev split (0-5). [default: 0]"),
     limit: int = typer.Option(None, "--limit", help="First N items per task / subject / generation record (0 = all)."),
     data: str = typer.Option(None, "--data", help="Generation data: JSON/JSONL(.gz) or a save_to_disk directory."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generation budget per answer. [default: 128]"),
-    max_ref_tokens: int = typer.Option(None, "--max-ref-tokens", help="Reference tokens scored for perplexity. "
-                                                                      "[default: 256]"),
+    max_ref_words: int = typer.Option(None, "--max-ref-words", help="Reference words scored for bits per byte and "
+                                                                    "perplexity, the same text for every model. [default: 200]"),
     ece_bins: int = typer.Option(None, "--ece-bins", help="Equal-width bins of the calibration error. [default: 10]"),
     threads: int = typer.Option(None, "--threads", help="CPU threads (0 = runtime default)."),
     seed: int = typer.Option(None, "--seed", help="Recorded in the run (scoring and greedy decoding are deterministic)."),
@@ -45,7 +45,7 @@ def eval_command(
         values = load_yaml(config) if config else {}
         given = {"model": model, "teacher": teacher, "baseline": baseline, "backend": backend, "tasks": tasks,
                  "data_dir": data_dir, "mmlu_dir": mmlu_dir, "split": split, "num_fewshot": num_fewshot,
-                 "limit": limit, "data": data, "max_new_tokens": max_new_tokens, "max_ref_tokens": max_ref_tokens,
+                 "limit": limit, "data": data, "max_new_tokens": max_new_tokens, "max_ref_words": max_ref_words,
                  "ece_bins": ece_bins, "threads": threads, "seed": seed, "out": out}
         values.update({k: v for k, v in given.items() if v is not None})
         if not values.get("model"):

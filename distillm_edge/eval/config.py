@@ -14,7 +14,7 @@ from distillm_edge.backends import BACKENDS
 from distillm_edge.errors import UserError
 
 TASKS = ("mmlu_medical", "medqa", "medmcqa", "pubmedqa", "generation")
-SPLITS = ("dev", "val", "test")
+SPLITS = ("auto", "dev", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,13 @@ class EvalConfig:
     tasks: tuple[str, ...] = ("mmlu_medical",)
     data_dir: str | None = None  # a folder in the layout of ../shared/data; None = the Hub
     mmlu_dir: str | None = None  # overrides <data_dir>/mmlu
-    split: str = "val"  # MMLU split evaluated (few-shot examples always come from dev)
+    split: str = "auto"  # MMLU split scored: auto = test when the MMLU folder has test/ (and on the Hub), as
+    # lm-eval does, else val; few-shot examples always come from dev
     num_fewshot: int = 0  # MMLU examples from the dev split; the other benchmarks are zero-shot
     limit: int = 0  # first N items per task / MMLU subject / generation records (0 = all)
     data: str | None = None  # generation data: JSON/JSONL(.gz) file or save_to_disk dir
     max_new_tokens: int = 128  # generation budget per answer
-    max_ref_tokens: int = 256  # reference tokens scored for perplexity / next-token accuracy
+    max_ref_words: int = 200  # reference words scored (bits per byte, perplexities): the same text for every model
     ece_bins: int = 10  # equal-width confidence bins for the expected calibration error
     threads: int = 0  # CPU threads (0 = the runtime's default)
     seed: int = 0  # recorded; greedy decoding and log-likelihood scoring are deterministic
@@ -60,7 +61,7 @@ class EvalConfig:
         for name, value in (("--limit", self.limit), ("--threads", self.threads)):
             if value < 0:
                 raise UserError(f"{name} must be >= 0.")
-        if self.max_new_tokens < 1 or self.max_ref_tokens < 1:
-            raise UserError("--max-new-tokens and --max-ref-tokens must be >= 1.")
+        if self.max_new_tokens < 1 or self.max_ref_words < 1:
+            raise UserError("--max-new-tokens and --max-ref-words must be >= 1.")
         if self.ece_bins < 1:
             raise UserError("--ece-bins must be >= 1.")

@@ -8,9 +8,13 @@ user turn is ``instruction`` + a blank line + ``input`` (when present).
 
 For each record the prompt is the model's chat template with one user turn and a generation
 prompt. We generate greedily up to ``max_new_tokens`` (stopping at EOS or an end-of-turn token)
-and compute ROUGE/BLEU of the answer against the reference; with teacher forcing on the same
-prompt we score the first ``max_ref_tokens`` tokens of the reference for perplexity and
-next-token accuracy.
+and compute ROUGE/BLEU of the answer against the reference. With teacher forcing on the same
+prompt we score the reference cut to its first ``max_ref_words`` words (cut by words, not by
+tokens, so every model scores exactly the same characters whatever its tokenizer) and report,
+as lm-eval's ``wikitext`` task does, bits per byte (total negative log-likelihood in bits over
+the UTF-8 bytes of the scored text), byte perplexity and word perplexity (per whitespace
+word): these compare across tokenizers. Token perplexity and next-token accuracy are per model
+figures (they depend on the tokenizer) and are never compared across models.
 
 Test: ``pytest tests/eval/test_generation.py``.
 """
@@ -19,9 +23,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from distillm_edge.backends.base import Backend, continuation_logprobs
 from distillm_edge.errors import UserError
@@ -125,11 +132,21 @@ def stop_ids(backend: Backend) -> frozenset[int]:
     return frozenset(backend.eos_token_ids) | extra
 
 
+def cut_words(text: str, max_words: int) -> str:
+    """``text`` up to the end of its ``max_words``-th whitespace-separated word (spacing kept)."""
+    end = None
+    for k, match in enumerate(re.finditer(r"\S+", text), 1):
+        end = match.end()
+        if k == max_words:
+            break
+    return text if end is None else text[:end]
+
+
 def evaluate_generation(backend: Backend, items: list[GenItem], max_new_tokens: int = 128,
-                        max_ref_tokens: int = 256, progress: Callable[[], None] | None = None) -> dict:
+                        max_ref_words: int = 200, progress: Callable[[], None] | None = None) -> dict:
     """Greedy generation + teacher-forced scoring of the references; returns metrics and samples."""
     stops = stop_ids(backend)
-    predictions, samples, logprobs, greedy = [], [], [], []
+    predictions, samples, logprobs, greedy, n_bytes, n_words = [], [], [], [], 0, 0
     for item in items:
         prompt = backend.chat_ids([{"role": "user", "content": item.prompt}], add_generation_prompt=True)
         out = []
@@ -138,17 +155,26 @@ def evaluate_generation(backend: Backend, items: list[GenItem], max_new_tokens: 
                 break
             out.append(token)
         text = backend.detokenize(out).strip()
-        reference = backend.tokenize(item.reference, add_special_tokens=False)[:max_ref_tokens]
+        scored = cut_words(item.reference, max_ref_words)
+        reference = backend.tokenize(scored, add_special_tokens=False)
         (lp, hit), = continuation_logprobs(backend, [(prompt, reference)])
         predictions.append(text)
         logprobs.append(lp)
         greedy.append(hit)
+        n_bytes += len(scored.encode("utf-8"))
+        n_words += len(scored.split())
         samples.append({"id": item.id, "prompt": item.prompt, "reference": item.reference, "prediction": text,
-                        "generated_tokens": len(out), "reference_tokens": len(reference)})
+                        "generated_tokens": len(out), "scored_reference": scored, "reference_bytes": len(scored.encode("utf-8")),
+                        "reference_tokens": len(reference), "reference_nll": round(-float(np.sum(lp, dtype=np.float64)), 5)})
         if progress is not None:
             progress()
     references = [item.reference for item in items]
+    nll = text_metrics.total_nll(logprobs)
     metrics = {**text_metrics.rouge(predictions, references), **text_metrics.bleu(predictions, references),
-               "perplexity": text_metrics.perplexity(logprobs),
-               "next_token_accuracy": 100.0 * text_metrics.next_token_accuracy(greedy), "n": len(items)}
+               "bits_per_byte": text_metrics.bits_per_byte(nll, n_bytes),
+               "byte_perplexity": text_metrics.unit_perplexity(nll, n_bytes),
+               "word_perplexity": text_metrics.unit_perplexity(nll, n_words),
+               "token_perplexity": text_metrics.perplexity(logprobs),
+               "next_token_accuracy": 100.0 * text_metrics.next_token_accuracy(greedy), "n": len(items),
+               "scored_bytes": n_bytes, "scored_words": n_words, "scored_tokens": sum(len(lp) for lp in logprobs)}
     return {"metrics": metrics, "samples": samples}

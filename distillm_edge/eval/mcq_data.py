@@ -7,7 +7,8 @@ input names the file and line (or entry) and what is wrong; a subject or file wi
 error, never a silent zero.
 
 - MMLU: ``<dir>/<split>/<subject>_<split>.csv``, no header: question,A,B,C,D,answer-letter.
-  Hub: ``cais/mmlu`` (splits dev / validation / test).
+  Hub: ``cais/mmlu`` (splits dev / validation / test). :func:`resolve_mmlu_split` picks the split
+  scored by default: test when there is one, as lm-eval does, else val.
 - MedQA: JSONL with question, options{A..D}, answer_idx. Hub: ``GBaker/MedQA-USMLE-4-options``.
 - MedMCQA: JSONL with question, opa..opd and ``cop`` — 1-based in the original release (our
   local file: 1 = opa), 0-based in the Hub copy ``openlifescienceai/medmcqa``.
@@ -96,6 +97,14 @@ def read_mmlu_csv(path: Path) -> Loaded:
 
 def mmlu_file(root: Path, subject: str, split: str) -> Path:
     return Path(root) / split / f"{subject}_{split}.csv"
+
+
+def resolve_mmlu_split(split: str, root: Path | None) -> str:
+    """``auto`` → ``test`` when ``root`` has a ``test/`` folder or there is no local folder (the Hub's
+    cais/mmlu has one; lm-eval's ``mmlu`` scores test), else ``val``; other splits stay as given."""
+    if split != "auto":
+        return split
+    return "test" if root is None or (Path(root) / "test").is_dir() else "val"
 
 
 def load_mmlu(subject: str, split: str, root: Path | None) -> Loaded:

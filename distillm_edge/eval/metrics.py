@@ -9,8 +9,18 @@
   (0 is perfect, 2 is the worst; a uniform guess over 4 options scores 0.75).
 - ``aggregate``: per-task accuracies to macro (mean of tasks) and micro (pooled items) averages.
 - ``retention`` / ``improvement``: student vs teacher (ratio; inverted for lower-is-better
-  metrics such as perplexity, ECE and Brier, so > 1 always means "better than the teacher") and
-  student vs baseline (difference, sign flipped for lower-is-better metrics).
+  metrics such as bits per byte, ECE and Brier, so > 1 always means "better than the teacher") and
+  student vs baseline (difference, sign flipped for lower-is-better metrics). Per-token figures
+  (:data:`PER_TOKEN`: token perplexity, next-token accuracy) depend on the tokenizer and are never
+  compared across models; retention uses tokenizer-free measures (bits per byte, word perplexity,
+  ROUGE/BLEU, accuracy).
+- Uncertainty, lm-eval's convention: ``mean_stderr`` is lm-eval's ``mean_stderr`` (sample standard
+  deviation with n - 1, over sqrt(n); what lm-eval reports as ``acc_stderr``, closed form, no
+  bootstrap); ``pooled_stderr`` is the same over the items of a group pooled (micro average) and
+  ``unweighted_mean_stderr`` lm-eval's formula for a macro average, sqrt(sum se_i^2) / k.
+  ``ci95`` is mean ± 1.96 standard errors (normal approximation; lm-eval prints only the stderr).
+  ``paired_difference``: two models on the same items, the mean per-item difference with its
+  standard error and 95% interval; the difference is *within noise* when that interval holds 0.
 
 Test: ``pytest tests/eval/test_metrics.py`` (each against a naive reference loop).
 """
@@ -22,7 +32,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-LOWER_IS_BETTER = frozenset({"perplexity", "ece", "brier"})
+LOWER_IS_BETTER = frozenset({"perplexity", "token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
+                             "ece", "brier"})
+PER_TOKEN = frozenset({"token_perplexity", "next_token_accuracy"})
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def choice_probs(loglik: np.ndarray) -> np.ndarray:
@@ -76,6 +89,35 @@ def aggregate(per_task: Mapping[str, tuple[float, int]]) -> dict[str, float]:
     total = sum(n for _, n in per_task.values())
     return {"macro": float(np.mean(accs)), "micro": float(sum(a * n for a, n in per_task.values()) / total),
             "n": int(total)}
+
+
+def mean_stderr(values: np.ndarray) -> float:
+    """lm-eval's ``mean_stderr``: sample std (ddof=1) / sqrt(n); 0 for a single value."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("the standard error needs at least one value")
+    return float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+
+
+def unweighted_mean_stderr(stderrs: list[float]) -> float:
+    """lm-eval's stderr of an unweighted mean of k independent task means: sqrt(sum se^2) / k."""
+    return float(math.sqrt(sum(se * se for se in stderrs)) / len(stderrs))
+
+
+def ci95(mean: float, stderr: float, lo: float = -math.inf, hi: float = math.inf) -> list[float]:
+    """[mean - 1.96 se, mean + 1.96 se], clipped to [lo, hi]."""
+    return [max(lo, mean - Z95 * stderr), min(hi, mean + Z95 * stderr)]
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
+    """Mean of ``a - b`` over the same items, its stderr, 95% interval and whether 0 is inside it."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"a paired difference needs two equal, non-empty arrays; got {a.shape} and {b.shape}")
+    d = a - b
+    mean, se = float(d.mean()), mean_stderr(d)
+    lo, hi = ci95(mean, se)
+    return {"diff": mean, "stderr": se, "ci95": [lo, hi], "within_noise": bool(lo <= 0.0 <= hi)}
 
 
 def retention(metric: str, student: float | None, teacher: float | None) -> float | None:

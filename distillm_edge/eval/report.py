@@ -3,8 +3,10 @@
 The run directory holds everything needed to reproduce or audit a result:
 
 - ``config.yaml``: the resolved ``EvalConfig``;
-- ``results.json``: every metric per model role (model / teacher / baseline), retention
-  (student / teacher, inverted for lower-is-better metrics) and improvement over the baseline,
+- ``results.json``: every metric per model role (model / teacher / baseline) with standard errors
+  and 95% intervals for accuracies, retention (student / teacher, inverted for lower-is-better
+  metrics; tokenizer-free metrics only), improvement over the baseline, the paired per-item
+  accuracy differences with their 95% intervals (``noise``),
   plus a manifest: model specs, backends and sha256 hashes, data sources and hashes, the prompt
   format of each task, seed, library versions, wall time;
 - ``report.md``: the summary and per-subject tables (the tables the research reports);
@@ -23,6 +25,7 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -30,7 +33,8 @@ from distillm_edge.config import save_yaml, to_dict
 from distillm_edge.eval import metrics
 from distillm_edge.io import atomic_path, atomic_write_json, atomic_write_text, ensure_dir
 
-GEN_METRICS = ("rouge1", "rouge2", "rougeL", "bleu1", "bleu4", "perplexity", "next_token_accuracy")
+GEN_METRICS = ("rouge1", "rouge2", "rougeL", "bleu1", "bleu4", "bits_per_byte", "word_perplexity", "byte_perplexity",
+               "token_perplexity", "next_token_accuracy")
 ROLE_TITLES = {"model": "model", "teacher": "teacher", "baseline": "baseline"}
 
 
@@ -38,7 +42,7 @@ def flatten(result: dict) -> dict[str, float]:
     """One role's results as ``{"<task or group> <metric>": value}`` rows for the summary table."""
     rows: dict[str, float] = {}
     for group, g in result.get("groups", {}).items():
-        if group == "mmlu_medical":
+        if group.startswith("mmlu_medical"):
             rows[f"{group} macro acc"] = g["macro_acc"]
             rows[f"{group} micro acc"] = g["micro_acc"]
         else:
@@ -55,21 +59,72 @@ def _kind(row: str) -> str:
     return row.split()[-1]
 
 
-def compare(results: dict) -> tuple[dict, dict]:
-    """Retention (vs teacher) and improvement (vs baseline) of every summary row and task accuracy."""
+def _stderr(result: dict, row: str) -> float | None:
+    """The standard error of an accuracy row (task, group micro or macro), else None."""
+    name, _, metric = row.rpartition(" ")
+    if metric != "acc":
+        return None
+    group, _, avg = name.rpartition(" ")
+    if avg in ("macro", "micro") and group in result.get("groups", {}):
+        return result["groups"][group][f"{avg}_acc_stderr"]
+    entry = result.get("tasks", {}).get(name) or result.get("groups", {}).get(name)
+    return entry.get("acc_stderr") if entry else None
+
+
+def _correct(samples: dict, tasks: list[str], row: str) -> np.ndarray | None:
+    """Per-item correctness (0/100) behind an accuracy row: one task, or a group's tasks pooled (micro)."""
+    name, _, metric = row.rpartition(" ")
+    if metric != "acc" or name.endswith(" macro"):
+        return None
+    name = name.removesuffix(" micro")
+    members = [t for t in tasks if t == name or t.startswith(name + "/")]
+    if not members or any(t not in samples for t in members):
+        return None
+    return np.array([100.0 * (s["pred"] == s["gold"]) for t in members for s in samples[t]])
+
+
+def compare(results: dict, samples: dict | None = None) -> tuple[dict, dict, dict]:
+    """Retention (vs teacher), improvement (vs baseline) and noise of every summary row and task accuracy.
+
+    Per-token rows (token perplexity, next-token accuracy) are not compared: they depend on each
+    model's tokenizer. ``noise[role][row]`` is the paired per-item difference (student - role, in
+    accuracy points) with its 95% interval and whether it is within noise, for accuracy rows.
+    """
+    samples = samples or {}
     student = {**flatten(results["model"]), **{f"{t} acc": v["acc"] for t, v in results["model"]["tasks"].items()}}
-    retention, improvement = {}, {}
+    tasks = list(results["model"]["tasks"])
+    retention, improvement, noise = {}, {}, {}
     for role, out, fn in (("teacher", retention, metrics.retention), ("baseline", improvement, metrics.improvement)):
         if role not in results:
             continue
         other = {**flatten(results[role]), **{f"{t} acc": v["acc"] for t, v in results[role]["tasks"].items()}}
+        noise[role] = {}
         for row, value in student.items():
+            if _kind(row) in metrics.PER_TOKEN:
+                continue
             out[row] = fn(_kind(row), value, other.get(row))
-    return retention, improvement
+            mine, theirs = _correct(samples.get("model", {}), tasks, row), _correct(samples.get(role, {}), tasks, row)
+            if mine is not None and theirs is not None and mine.shape == theirs.shape:
+                noise[role][row] = metrics.paired_difference(mine, theirs)
+    return retention, improvement, noise
 
 
 def _fmt(value, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_acc(result: dict, row: str, digits: int = 2) -> str:
+    value, se = flatten(result).get(row), _stderr(result, row)
+    if value is None and row.endswith(" acc"):
+        value = result.get("tasks", {}).get(row[:-4], {}).get("acc")
+    return _fmt(value, digits) + (f" ± {se:.{digits}f}" if se is not None and value is not None else "")
+
+
+def _fmt_noise(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    lo, hi = entry["ci95"]
+    return f"{entry['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" ~" if entry["within_noise"] else "")
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -81,20 +136,21 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     results = summary["results"]
     roles = list(results)
+    noise = summary.get("noise", {})
     headers = ["metric", *roles]
     if "teacher" in results:
-        headers.append("retention")
+        headers += ["retention", "Δ vs teacher [95% CI]"]
     if "baseline" in results:
-        headers.append("improvement")
+        headers += ["improvement", "Δ vs baseline [95% CI]"]
     flat = {r: flatten(results[r]) for r in roles}
     rows = []
     for row in flat["model"]:
-        digits = 3 if _kind(row) in ("ece", "brier") else 2
-        line = [row, *(_fmt(flat[r].get(row), digits) for r in roles)]
-        if "teacher" in results:
-            line.append(_fmt(summary["retention"].get(row), 3))
-        if "baseline" in results:
-            line.append(_fmt(summary["improvement"].get(row), digits))
+        digits = 3 if _kind(row) in ("ece", "brier", "bits_per_byte") else 2
+        line = [row, *(_fmt_acc(results[r], row, digits) for r in roles)]
+        for role, key in (("teacher", "retention"), ("baseline", "improvement")):
+            if role in results:
+                line.append("per model" if _kind(row) in metrics.PER_TOKEN else _fmt(summary[key].get(row), 3 if role == "teacher" else digits))
+                line.append(_fmt_noise(noise.get(role, {}).get(row)))
         rows.append(line)
     return headers, rows
 
@@ -102,16 +158,28 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 def subject_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     results = summary["results"]
     roles = list(results)
+    noise = summary.get("noise", {})
     headers = ["task", "n", *(f"{r} acc" for r in roles)]
     if "teacher" in results:
-        headers.append("retention")
+        headers += ["retention", "Δ vs teacher [95% CI]"]
     rows = []
     for task, entry in results["model"]["tasks"].items():
-        line = [task, str(entry["n"]), *(_fmt(results[r]["tasks"][task]["acc"]) for r in roles)]
+        line = [task, str(entry["n"]), *(_fmt_acc(results[r], f"{task} acc") for r in roles)]
         if "teacher" in results:
-            line.append(_fmt(summary["retention"].get(f"{task} acc"), 3))
+            line += [_fmt(summary["retention"].get(f"{task} acc"), 3), _fmt_noise(noise.get("teacher", {}).get(f"{task} acc"))]
         rows.append(line)
     return headers, rows
+
+
+NOTES = (
+    "Accuracies in % ± the standard error as lm-eval computes it (sample std with n - 1 over sqrt(n); micro: "
+    "all items pooled; macro: sqrt(sum se²) / k); results.json also holds the 95% intervals (± 1.96 se). "
+    "Retention is student / teacher (teacher / student for bits per byte, word/byte perplexity, ECE and Brier, "
+    "so > 1 is better than the teacher); improvement is student - baseline (sign flipped for those metrics). "
+    "Retention and improvement use tokenizer-free measures only: token perplexity and next-token accuracy depend "
+    "on each model's tokenizer and are shown per model. Δ is the paired per-item accuracy difference "
+    "(student - other, points) with its 95% interval; ~ marks a difference within noise (the interval holds 0)."
+)
 
 
 def render_markdown(summary: dict) -> str:
@@ -121,12 +189,11 @@ def render_markdown(summary: dict) -> str:
         lines.append(f"- **{role}**: `{info['spec']}` on {info['backend']} ({info['dtype']}), "
                      f"sha256 `{info['sha256'][:16] or 'n/a'}`")
     cfg = m["config"]
-    lines += [f"- split `{cfg['split']}`, {cfg['num_fewshot']}-shot MMLU, limit {cfg['limit'] or 'none'}, "
+    lines += [f"- MMLU split `{cfg['split']}` (the task ids name the split scored), {cfg['num_fewshot']}-shot MMLU, limit {cfg['limit'] or 'none'}, "
               f"seed {cfg['seed']}, ECE with {cfg['ece_bins']} equal-width bins; accuracies in %", ""]
     lines += ["## Summary", "", markdown_table(*summary_rows(summary)), "## Per task", "",
               markdown_table(*subject_rows(summary))]
-    lines += ["Retention is student / teacher (teacher / student for perplexity, ECE and Brier, so > 1 is "
-              "better than the teacher); improvement is student - baseline (sign flipped for those metrics).", ""]
+    lines += [NOTES, ""]
     return "\n".join(lines)
 
 
@@ -159,7 +226,7 @@ def _bar_chart(path: Path, labels: list[str], series: dict[str, list[float]], ti
 def write_charts(out: Path, results: dict) -> list[str]:
     written = []
     tasks = results["model"]["tasks"]
-    subjects = [t for t in tasks if t.startswith("mmlu_medical/")]
+    subjects = [t for t in tasks if t.startswith("mmlu_medical") and "/" in t]
     if subjects:
         _bar_chart(out / "mmlu_medical.png", [s.split("/", 1)[1] for s in subjects],
                    {r: [results[r]["tasks"][s]["acc"] for s in subjects] for r in results}, "MMLU medical, per subject",
@@ -187,11 +254,11 @@ def _versions() -> dict[str, str]:
 
 def write_run(out: Path, cfg, models: dict, data: dict, results: dict, samples: dict, seconds: float) -> dict:
     out = ensure_dir(Path(out))
-    retention, improvement = compare(results)
+    retention, improvement, noise = compare(results, samples)
     summary = {
         "manifest": {"config": to_dict(cfg), "models": models, "data": data, "seed": cfg.seed,
                      "versions": _versions(), "seconds": round(seconds, 1), "command": " ".join(sys.argv)},
-        "results": results, "retention": retention, "improvement": improvement,
+        "results": results, "retention": retention, "improvement": improvement, "noise": noise,
     }
     save_yaml(cfg, out / "config.yaml")
     for role, per_task in samples.items():

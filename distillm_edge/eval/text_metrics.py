@@ -6,8 +6,13 @@ Thin, documented wrappers so every report computes them the same way:
   the sentence-level LCS variant).
 - BLEU: sacrebleu corpus BLEU with its default 13a tokenizer and brevity penalty; BLEU-1 uses
   ``max_ngram_order=1``, BLEU-4 the standard 4. 0-100.
-- perplexity: exp of the token-weighted mean negative log-likelihood of the reference tokens.
-- next-token accuracy: share of reference tokens that were the model's argmax (teacher forcing).
+- perplexity: exp of the token-weighted mean negative log-likelihood of the reference tokens
+  (a per-model figure: it depends on the tokenizer).
+- next-token accuracy: share of reference tokens that were the model's argmax (teacher forcing;
+  per model too).
+- tokenizer-free, lm-eval's ``wikitext`` conventions over the same text for every model:
+  ``bits_per_byte`` = total NLL / ln 2 / UTF-8 bytes; ``unit_perplexity`` = exp(total NLL / units)
+  for byte perplexity (units = bytes) and word perplexity (units = whitespace words).
 
 Test: ``pytest tests/eval/test_text_metrics.py``.
 """
@@ -58,3 +63,22 @@ def next_token_accuracy(greedy: Sequence[np.ndarray]) -> float:
     if count == 0:
         raise ValueError("next-token accuracy needs at least one scored token")
     return float(sum(int(np.sum(g)) for g in greedy) / count)
+
+
+def total_nll(token_logprobs: Sequence[np.ndarray]) -> float:
+    """Total negative log-likelihood (nats) of all scored tokens."""
+    return -sum(float(np.sum(lp, dtype=np.float64)) for lp in token_logprobs)
+
+
+def bits_per_byte(nll: float, n_bytes: int) -> float:
+    """lm-eval's ``bits_per_byte``: total NLL in bits over the UTF-8 bytes of the scored text."""
+    if n_bytes <= 0:
+        raise ValueError("bits per byte needs at least one scored byte")
+    return float(nll / n_bytes / math.log(2))
+
+
+def unit_perplexity(nll: float, units: int) -> float:
+    """exp(total NLL / units): lm-eval's ``byte_perplexity`` (units = bytes) or ``word_perplexity`` (words)."""
+    if units <= 0:
+        raise ValueError("perplexity needs at least one scored unit")
+    return float(math.exp(nll / units))

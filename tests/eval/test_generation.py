@@ -59,18 +59,27 @@ def test_generation_metrics_on_tiny_model(tiny_llama_dir):
     before = torch.get_num_threads()
     backend = TorchBackend(str(tiny_llama_dir), threads=1)
     try:
-        items = [GenItem("1", "What is gout?", "A form of arthritis."), GenItem("2", "Define anemia.", "Low hemoglobin.")]
-        out = evaluate_generation(backend, items, max_new_tokens=4, max_ref_tokens=3)
+        items = [GenItem("1", "What is gout?", "A form of   arthritis. Common."), GenItem("2", "Define anemia.", "Low hemoglobin.")]
+        out = evaluate_generation(backend, items, max_new_tokens=4, max_ref_words=3)
         m = out["metrics"]
-        assert set(m) >= {"rouge1", "rouge2", "rougeL", "bleu1", "bleu4", "perplexity", "next_token_accuracy"}
+        assert set(m) >= {"rouge1", "rouge2", "rougeL", "bleu1", "bleu4", "bits_per_byte", "word_perplexity",
+                          "byte_perplexity", "token_perplexity", "next_token_accuracy"}
         assert m["n"] == 2 and 0 <= m["next_token_accuracy"] <= 100
-        assert all(s["generated_tokens"] <= 4 and s["reference_tokens"] == 3 for s in out["samples"])
+        # references are cut by words (spacing kept), not by tokens
+        assert [s["scored_reference"] for s in out["samples"]] == ["A form of", "Low hemoglobin."]
+        assert all(s["generated_tokens"] <= 4 for s in out["samples"])
         lps = []
-        for item in items:
+        for item, sample in zip(items, out["samples"]):
             prompt = backend.chat_ids([{"role": "user", "content": item.prompt}])
-            ref = backend.tokenize(item.reference, add_special_tokens=False)[:3]
+            ref = backend.tokenize(sample["scored_reference"], add_special_tokens=False)
+            assert sample["reference_tokens"] == len(ref)
             lps.append(reference_continuation_logprobs(backend, [(prompt, ref)])[0][0])
-        assert m["perplexity"] == pytest.approx(math.exp(-np.concatenate(lps).mean()), rel=1e-4)
+        nll = -float(np.concatenate(lps).astype(np.float64).sum())
+        n_bytes, n_words = len(b"A form of") + len(b"Low hemoglobin."), 5
+        assert m["token_perplexity"] == pytest.approx(math.exp(-np.concatenate(lps).mean()), rel=1e-4)
+        assert m["bits_per_byte"] == pytest.approx(nll / n_bytes / math.log(2), rel=1e-4)
+        assert m["word_perplexity"] == pytest.approx(math.exp(nll / n_words), rel=1e-4)
+        assert m["byte_perplexity"] == pytest.approx(math.exp(nll / n_bytes), rel=1e-4)
         assert backend.eos_token_ids <= stop_ids(backend)
     finally:
         torch.set_num_threads(before)

@@ -97,3 +97,38 @@ def test_retention_and_improvement_directions():
     assert metrics.retention("acc", 30.0, None) is None
     assert metrics.improvement("acc", 35.0, 30.0) == pytest.approx(5.0)
     assert metrics.improvement("perplexity", 8.0, 10.0) == pytest.approx(2.0)
+
+
+def test_stderr_matches_lm_eval_and_intervals():
+    from lm_eval.api.metrics import mean_stderr as lm_mean_stderr
+    from lm_eval.api.metrics import pooled_sample_stderr
+    from lm_eval.api.metrics import unweighted_mean_stderr as lm_unweighted
+
+    rng = np.random.default_rng(1)
+    correct = rng.integers(0, 2, 37).astype(float)
+    assert metrics.mean_stderr(correct) == pytest.approx(lm_mean_stderr(list(correct)), rel=1e-12)
+    tasks = [rng.integers(0, 2, n).astype(float) for n in (11, 33, 20)]
+    ses = [metrics.mean_stderr(t) for t in tasks]
+    assert metrics.unweighted_mean_stderr(ses) == pytest.approx(lm_unweighted(ses), rel=1e-12)
+    pooled = metrics.mean_stderr(np.concatenate(tasks))  # micro average: all items pooled
+    assert pooled == pytest.approx(pooled_sample_stderr(ses, [11, 33, 20]), rel=0.05)  # lm-eval's approximation
+    lo, hi = metrics.ci95(0.5, 0.1)
+    assert (lo, hi) == pytest.approx((0.5 - 0.196, 0.5 + 0.196), abs=1e-3)
+    assert metrics.ci95(0.98, 0.05, 0.0, 1.0)[1] == 1.0
+
+
+def test_paired_difference_within_noise_or_not():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 2, 40).astype(float)
+    same = metrics.paired_difference(a, a)
+    assert same["diff"] == 0.0 and same["within_noise"]
+    b = a.copy()
+    b[:2] = 1 - b[:2]  # two items differ: within noise on 40 items
+    assert metrics.paired_difference(a, b)["within_noise"]
+    worse = np.zeros(40)
+    better = np.ones(40)
+    better[:5] = 0.0
+    res = metrics.paired_difference(better, worse)
+    assert res["diff"] == pytest.approx(35 / 40) and not res["within_noise"]
+    d = better - worse
+    assert res["stderr"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(40))
