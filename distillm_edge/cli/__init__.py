@@ -13,7 +13,20 @@ from __future__ import annotations
 import typer
 
 from distillm_edge import __version__
-from distillm_edge.cli import audit, bench, chat, data, eval, export, models, redflags, serve, teachers, train
+from distillm_edge.cli import (
+    audit,
+    bench,
+    chat,
+    data,
+    eval,
+    export,
+    models,
+    redflags,
+    review,
+    serve,
+    teachers,
+    train,
+)
 
 app = typer.Typer(
     name="distillm-edge",
@@ -37,7 +50,7 @@ def _root(
     """Distil medical language models into small students that run on a clinician's laptop."""
 
 
-for _module in (models, data, train, eval, export, bench, chat, redflags, audit, teachers, serve):
+for _module in (models, data, train, eval, export, bench, chat, redflags, audit, review, teachers, serve):
     _module.register(app)
 
 

@@ -38,7 +38,7 @@ def test_root_app_registers_the_verbs():
 
     result = runner.invoke(root, ["--help"])
     assert result.exit_code == 0
-    assert "redflags" in result.output and "audit" in result.output
+    assert "redflags" in result.output and "audit" in result.output and "review" in result.output
 
 
 def test_redflags_check_plain_and_jsonl(app, tmp_path):
