@@ -310,3 +310,26 @@ def test_torn_wal_tail_is_ignored(tmp_path):
     log = AuditLog(tmp_path / "audit.sqlite3")
     report = log.verify()
     assert report.ok and report.rows == 3, report.problems
+
+
+_WRITER = r"""
+import sys
+from distillm_edge.safety.audit import AuditLog, AuditEvent
+log = AuditLog(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    log.append(AuditEvent(sys.argv[2], "m", "0" * 64, {"i": i}, "p", "d", "approve", "f", []))
+"""
+
+
+def test_two_processes_appending_keep_one_chain(tmp_path):
+    # chat and serve share the default audit database: their appends must interleave into one chain.
+    path = tmp_path / "audit.sqlite3"
+    AuditLog(path).close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name, "25"], env=env)
+             for name in ("chat", "serve")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    log = AuditLog(path)
+    report = log.verify()
+    assert report.ok and report.rows == 50, report.problems
+    assert sorted(r["clinician"] for r in log.rows()) == ["chat"] * 25 + ["serve"] * 25
