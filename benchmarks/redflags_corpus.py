@@ -1,8 +1,9 @@
 """Red-flag rules on the hand-written corpus: precision and recall per rule, overall, per sentence.
 
 Two corpora: ``tests/safety/redflag_corpus.jsonl`` (the development set the default rules were tuned
-on) and ``tests/safety/redflag_holdout.jsonl`` (written before tuning and never tuned against), so the
-held-out numbers are the honest estimate. Also times the check (median of repeats) against the plain
+on; it includes earlier held-out sets, folded in after they were scored) and
+``tests/safety/redflag_holdout.jsonl`` (written after the last tuning round, scored once, never tuned
+against), so the held-out numbers are the honest estimate. Also times the check (median of repeats) against the plain
 regex search without context, as a ratio.
 
 Run: ``python benchmarks/redflags_corpus.py [--rules FILE] [--errors]``.

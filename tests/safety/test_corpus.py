@@ -1,8 +1,8 @@
 """The red-flag corpus: precision and recall of the default rules stay above their thresholds.
 
 ``redflag_corpus.jsonl`` is the development set (the rules were tuned on it, so its bar is high);
-``redflag_holdout.jsonl`` was written before tuning and is never tuned against — its bar records the
-honest floor. Print the full table with ``python benchmarks/redflags_corpus.py --errors``.
+``redflag_holdout.jsonl`` was written after the last tuning round and scored once; it must never be
+tuned against (fold it into the corpus and write a new one instead) — its bar records the honest floor. Print the full table with ``python benchmarks/redflags_corpus.py --errors``.
 
 Run: ``pytest tests/safety/test_corpus.py -q``.
 """
@@ -38,7 +38,7 @@ def test_corpus_size_and_labels(rules):
 
 @pytest.mark.parametrize("name, min_precision, min_recall", [
     ("redflag_corpus.jsonl", 0.97, 0.97),
-    ("redflag_holdout.jsonl", 0.90, 0.60),
+    ("redflag_holdout.jsonl", 0.90, 0.70),
 ])
 def test_precision_and_recall(rules, name, min_precision, min_recall):
     report = score(rules, load_corpus(HERE / name))
