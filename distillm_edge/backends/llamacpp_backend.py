@@ -40,7 +40,7 @@ class LlamaCppBackend:
         from llama_cpp import Llama
 
         from distillm_edge.models.registry import EMBEDDED
-        from distillm_edge.models.sources import gguf_path, resolve
+        from distillm_edge.models.sources import check_gguf, gguf_path, resolve
 
         source = resolve(spec)
         path = gguf_path(source)
@@ -50,6 +50,7 @@ class LlamaCppBackend:
             self.native = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
                                 n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=verbose)
         except (ValueError, RuntimeError) as exc:
+            check_gguf(path)  # a cut-off or non-GGUF file gets its own message
             raise UserError(f"{path}: llama.cpp could not load this GGUF file ({exc}).") from None
         self._lib = llama_cpp
         self._batch = llama_cpp._internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)

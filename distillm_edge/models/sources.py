@@ -100,6 +100,31 @@ def gguf_path(source: ModelSource) -> Path:
     raise UserError(f"model '{source.spec}' is not a GGUF model.")
 
 
+def check_gguf(path: Path) -> str:
+    """The architecture of a readable GGUF file; UserError naming the file when it is not a GGUF, is
+    cut off or corrupt (tensor infos unreadable or tensor data past the end of the file)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes). Pass a .gguf "
+                        "model file, a Hugging Face checkpoint directory or an embedded model name.")
+    from gguf import GGUFReader
+
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(path)
+        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+        arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else "?"
+    except Exception as exc:  # noqa: BLE001 - gguf-py fails with ValueError/struct.error/IndexError on a cut-off file
+        raise UserError(f"{path}: truncated or corrupt GGUF file ({type(exc).__name__}: {exc}). "
+                        "Download or export it again.") from None
+    if end > size:
+        raise UserError(f"{path}: truncated or corrupt GGUF file: its tensors need {end:,} bytes but the file has "
+                        f"{size:,}. Download or export it again.")
+    return str(arch)
+
+
 def local_dir(spec: str | os.PathLike, progress: bool = True) -> Path | str:
     """A directory (or Hub id) that ``from_pretrained`` can load, materializing GGUF if needed."""
     source = resolve(spec)
@@ -126,6 +151,7 @@ def materialize(source: ModelSource, progress: bool = True, force: bool = False)
     from transformers.utils import logging as hf_logging
 
     gguf = gguf_path(source)
+    architecture = check_gguf(gguf)
     chat_template = EMBEDDED[source.spec].chat_template if source.kind == "embedded" else None
     ensure_dir(final.parent)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
@@ -135,10 +161,16 @@ def materialize(source: ModelSource, progress: bool = True, force: bool = False)
     if not progress:
         hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except (ValueError, KeyError, NotImplementedError) as exc:  # transformers' GGUF support ends here
+            raise UserError(
+                f"{gguf}: transformers cannot load this GGUF (architecture '{architecture}': {exc}). Run it on "
+                "llama.cpp with --backend gguf, or pass the Hugging Face checkpoint it was converted from."
+            ) from None
         if chat_template and not tokenizer.chat_template:
             tokenizer.chat_template = chat_template
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
