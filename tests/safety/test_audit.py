@@ -35,9 +35,11 @@ from distillm_edge.safety.audit import (
 )
 from distillm_edge.safety.redflags import load_rules
 
+_HITS = [h.to_dict() for h in load_rules().check("denies chest pain radiating to the arm")]
+
 
 def _event(i: int = 0, **kw) -> AuditEvent:
-    hits = [h.to_dict() for h in load_rules().check("denies chest pain radiating to the arm")] if i % 2 else []
+    hits = _HITS if i % 2 else []
     base = dict(clinician="Dr Ada", model_id="gguf:smollm2", model_sha256="ab" * 32,
                 settings={"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 64, "seed": i},
                 prompt=f"question {i} — ünïcode", draft=f"draft {i}", action="approve", final_text=f"final {i}",
@@ -333,3 +335,34 @@ def test_two_processes_appending_keep_one_chain(tmp_path):
     report = log.verify()
     assert report.ok and report.rows == 50, report.problems
     assert sorted(r["clinician"] for r in log.rows()) == ["chat"] * 25 + ["serve"] * 25
+
+
+_EDITABLE = ("ts", "clinician", "model_id", "model_sha256", "settings", "prompt", "draft", "action", "final_text",
+             "red_flags", "conversation_id", "reason")
+
+
+def test_any_single_field_edit_names_its_row():
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    @hypothesis.settings(max_examples=12, deadline=None)
+    @hypothesis.given(row=st.integers(1, 4), field=st.sampled_from(_EDITABLE), value=st.text(min_size=1, max_size=20))
+    def check(row, field, value):
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as d:
+            log = _filled(Path(d), 4)
+            old = next(r for r in log.rows() if r["seq"] == row)
+            new = canonical_json(value) if field in ("settings", "red_flags") else value
+            stored = canonical_json(old[field]) if field in ("settings", "red_flags") else old[field]
+            hypothesis.assume(new != stored)
+            db = sqlite3.connect(log.path)
+            db.execute("DROP TRIGGER audit_no_update")
+            db.execute(f"UPDATE audit SET {field} = ? WHERE seq = ?", (new, row))
+            db.commit()
+            db.close()
+            assert log.verify().problems == [f"row {row}: edited (its contents no longer match its hash)"]
+            log.close()
+
+    check()

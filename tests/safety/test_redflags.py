@@ -161,3 +161,34 @@ def test_replace_and_extend(tmp_path):
         load_rules(_write(tmp_path, "extends: default\ndisable: [neuro.seizures]\n", "ext3.yaml"))
     with pytest.raises(RulesError, match="only supported value is 'default'"):
         load_rules(_write(tmp_path, "extends: other.yaml\nrules:" + GOOD, "ext4.yaml"))
+
+
+@pytest.mark.parametrize("text, rule, expected", [
+    # Pseudo-negations are not cues.
+    ("I am not able to move my left side.", "neuro.stroke_signs", None),
+    ("I can't stop the bleeding.", "bleeding.severe_haemorrhage", None),
+    ("Without warning her face drooped.", "neuro.stroke_signs", None),
+    # A sentence end, "but" and ";" end a cue's scope; so does the word window.
+    ("No fever. Chest pain radiating to my arm.", "cardiac.chest_pain_radiation", None),
+    ("No cough; now crushing chest pain down the left arm.", "cardiac.chest_pain_radiation", None),
+    ("Never had anything like this in all my years of life, sudden weakness on one side.", "neuro.stroke_signs", None),
+    # A negated list needs or/nor to stretch over commas; "and" does not.
+    ("Denies fever, headache, nausea, or slurred speech.", "neuro.stroke_signs", "negated"),
+    ("No fever, slurred speech and a droopy face.", "neuro.stroke_signs", None),
+    # Post-cues reach backwards.
+    ("Stroke symptoms were ruled out: no slurred speech.", "neuro.stroke_signs", "negated"),
+    ("Suicide attempt at age 19, no current thoughts.", "mental_health.suicidal_ideation", "history"),
+    # An acute event in the past hour is not history; a dated one is.
+    ("She had a stroke an hour ago.", "neuro.stroke_signs", None),
+    ("She had a stroke in 2019.", "neuro.stroke_signs", "history"),
+    # A relative who is the patient now is not "other person"; their past history is.
+    ("My mother is having a stroke right now.", "neuro.stroke_signs", None),
+    ("My mother had a stroke when I was little.", "neuro.stroke_signs", "other_person"),
+])
+def test_context_edge_cases(rules, text, rule, expected):
+    assert _state(rules, text).get(rule, "absent") == expected, rules.check(text)
+
+
+def test_whole_word_matching(rules):
+    assert _state(rules, "A routine check; she is confused.") == {}  # "uti" inside "routine" is no infection
+    assert "infection.sepsis_signs" in _state(rules, "UTI with fever and confusion")
