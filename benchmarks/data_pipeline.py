@@ -4,7 +4,9 @@ Generates a synthetic medical-QA corpus (default 200,000 records in 4 JSONL shar
 context passage, ~1% longer than the token limit) into a temporary folder, planting:
 - exact duplicates (copies of earlier records with case, spacing and punctuation changed),
 - near duplicates (copies with one word of the answer replaced: true 5-shingle Jaccard ~0.9),
-- benchmark contamination (questions of a generated MMLU-style test file, half of them short).
+- benchmark contamination (questions of a generated MMLU-style test file, half of them short),
+- option leaks (a generic stem such as "Which of the following is true?" + one benchmark item's
+  four statement options verbatim, relabelled "(a)".."(d)").
 It then runs the real pipeline (``run(PrepareConfig)``, SmolLM2 tokenizer, 1024-token limit) in a
 fresh process and prints records/s (wall and per CPU-second, with the load average: the machine
 is shared), that process's peak RSS, and recall / false positives per planted kind (near
@@ -82,11 +84,12 @@ def generate(folder: Path, n: int, seed: int = 0) -> tuple[dict[str, dict[str, s
     """
     rng = random.Random(seed)
     bench = mmlu_questions(rng, 200)
+    options = [[sentence(rng, 6)[:-1] for _ in range(4)] for _ in bench]  # statement options, 6 words each
     (folder / "bench").mkdir()
     with open(folder / "bench" / "synthetic_val.csv", "w", encoding="utf-8") as fh:
-        for q in bench:
-            fh.write(f'"{q}",A,B,C,D,A\n')
-    planted: dict[str, dict[str, str]] = {"exact": {}, "near": {}, "contaminated": {}}
+        for q, opts in zip(bench, options):
+            fh.write(f'"{q}",' + ",".join(f'"{o}"' for o in opts) + ",A\n")
+    planted: dict[str, dict[str, str]] = {"exact": {}, "near": {}, "contaminated": {}, "option_leak": {}}
     jaccards: dict[str, float] = {}
     recent: list[dict] = []
     shards = [open(folder / f"corpus-{k}.jsonl", "w", encoding="utf-8") for k in range(4)]
@@ -109,6 +112,11 @@ def generate(folder: Path, n: int, seed: int = 0) -> tuple[dict[str, dict[str, s
             elif roll < 0.0405:
                 row = {"id": f"c{i}", "question": "Exam practice: " + rng.choice(bench), "answer": sentence(rng, 15)}
                 planted["contaminated"][f"corpus-{i % 4}:c{i}"] = ""
+            elif roll < 0.041:
+                opts = rng.choice(options)
+                row = {"id": f"o{i}", "question": "Which of the following is true?\n" + "\n".join(
+                    f"({'abcd'[k]}) {o}" for k, o in enumerate(opts)), "answer": sentence(rng, 15)}
+                planted["option_leak"][f"corpus-{i % 4}:o{i}"] = ""
             else:
                 row = base_record(rng, i)
                 if len(recent) < 5000:
@@ -225,7 +233,8 @@ def main() -> None:
                 entry = json.loads(line)
                 removed.setdefault(entry["stage"], set()).add(entry.get("id", ""))
         involved: set[str] = set()
-        for kind, stage in (("exact", "exact_duplicate"), ("near", "near_duplicate"), ("contaminated", "decontaminated")):
+        for kind, stage in (("exact", "exact_duplicate"), ("near", "near_duplicate"), ("contaminated", "decontaminated"),
+                            ("option_leak", "decontaminated")):
             got = removed.get(stage, set())
             hit = sum(1 for copy, original in planted[kind].items() if copy in got or original in got)
             involved |= set(planted[kind]) | set(planted[kind].values())

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def find_run(words: list[str], run: list[str], lo: int = 0, hi: int | None = Non
 
 def _has_ngram(words: list[str], n: int) -> bool:
     """Whether ``words`` hold an ``n``-gram with enough informative words to be indexed."""
-    return any(informative(words[i : i + n]) >= MIN_INFORMATIVE_NGRAM for i in range(len(words) - n + 1))
+    return next(_informative_grams(words, n), None) is not None
 
 
 def _anchor_index(entries: list[tuple[list[str], object]]) -> dict[str, list[tuple[list[str], int, object]]]:
@@ -118,12 +119,17 @@ def _anchor_index(entries: list[tuple[list[str], object]]) -> dict[str, list[tup
 
 def _anchored_hits(words: list[str], present: set[str], index: dict) -> Iterator[tuple[int, list[str], object]]:
     """``(start, run, payload)`` of every indexed run found in ``words``, leftmost first."""
-    for p, word in enumerate(words):
-        if word in present:
-            for run, offset, payload in index[word]:
-                start = p - offset
-                if start >= 0 and words[start] == run[0] and words[start : start + len(run)] == run:
-                    yield start, run, payload
+    for p, word in [(p, w) for p, w in enumerate(words) if w in present]:
+        for run, offset, payload in index[word]:
+            start = p - offset
+            if start >= 0 and words[start] == run[0] and words[start : start + len(run)] == run:
+                yield start, run, payload
+
+
+def _informative_grams(words: list[str], n: int) -> Iterator[int]:
+    """Start of every ``n``-gram of ``words`` with at least MIN_INFORMATIVE_NGRAM informative words."""
+    counts = [0, *accumulate(w not in GENERIC and not w.isdigit() for w in words)]
+    return (i for i in range(len(words) - n + 1) if counts[i + n] - counts[i] >= MIN_INFORMATIVE_NGRAM)
 
 
 class BenchmarkIndex:
@@ -149,11 +155,9 @@ class BenchmarkIndex:
         self.items += 1
         indexed = False
         text = stem + [w for option in options for w in option]
-        for i in range(len(text) - self.n + 1):
-            gram = tuple(text[i : i + self.n])
-            if informative(gram) >= MIN_INFORMATIVE_NGRAM:
-                self.ngrams.setdefault(gram, bench_id)
-                indexed = True
+        for i in _informative_grams(text, self.n):
+            self.ngrams.setdefault(tuple(text[i : i + self.n]), bench_id)
+            indexed = True
         if not _has_ngram(stem, self.n) and len(words) >= MIN_WORDS and informative(words) >= 1:
             self._pending.append((words, bench_id))  # a stem without an n-gram of its own is matched whole
             indexed = True
@@ -178,7 +182,14 @@ class BenchmarkIndex:
 
     def _hashes(self) -> np.ndarray:
         if getattr(self, "_gram_hashes", None) is None:
-            self._gram_hashes = np.unique(np.fromiter((_gram_hash(g) for g in self.ngrams), dtype=np.uint64, count=len(self.ngrams)))
+            count = len(self.ngrams) * self.n
+            words = np.fromiter((hash(w) for g in self.ngrams for w in g), dtype=np.int64, count=count).view(np.uint64)
+            words = words.reshape(len(self.ngrams), self.n)
+            acc = words[:, 0].copy()
+            for j in range(1, self.n):  # the rolling hash of _ngram_candidates (tested equal to _gram_hash)
+                acc *= _P
+                acc += words[:, j]
+            self._gram_hashes = np.unique(acc)
         return self._gram_hashes
 
     def match(self, words: list[str]) -> tuple[str, str] | None:

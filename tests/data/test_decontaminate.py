@@ -103,3 +103,10 @@ def test_benchmark_formats_load(shared_data):
     assert idx.items == 1272 + 500 + 4183
     question = "Can tailored interventions increase mammography use among HMO women?"  # PubMedQA, < 13 words
     assert idx.match(match_words("Study: " + question))[0] == "pubmedqa:10808977"
+
+
+def test_index_hashes_equal_the_scalar_reference():
+    from distillm_edge.data.decontaminate import _gram_hash
+
+    idx = index_of({"b:1": LONG_Q, "b:2": LONG_Q.replace("chest", "abdominal") + " and fever"})
+    assert sorted(idx._hashes().tolist()) == sorted({_gram_hash(g) for g in idx.ngrams})
