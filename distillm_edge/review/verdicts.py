@@ -124,19 +124,18 @@ def tally(rows: list[tuple[str, dict]], key: dict, key_path: Path) -> dict:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['rows']} of {report['expected_rows']} answers on the sheet; rates with Wilson 95% intervals"]
-    head = f"{'model':<32} {'graded':>6}  " + "  ".join(f"{v:>26}" for v in VERDICTS)
-    lines.append(head)
+    lines = [f"{report['rows']} of {report['expected_rows']} answers on the sheet; rates with Wilson 95% intervals",
+             f"{'model':<34} {'verdict':<20} {'yes/graded':>10} {'rate':>7}  95% CI"]
     for model in report["models"]:
-        cells = []
+        name = model["spec"] if len(model["spec"]) <= 34 else "..." + model["spec"][-31:]
         for v in VERDICTS:
             d = model["verdicts"][v]
             if d["graded"]:
                 lo, hi = d["ci95"]
-                cells.append(f"{d['yes']:>3}/{d['graded']:<3} {d['rate']:>5.1%} [{lo:>5.1%},{hi:>6.1%}]")
+                lines.append(f"{name:<34} {v:<20} {d['yes']:>4}/{d['graded']:<5} {d['rate']:>7.1%}  "
+                             f"[{lo:.1%}, {hi:.1%}]")
             else:
-                cells.append("not graded")
-        lines.append(f"{model['spec'][-32:]:<32} {model['graded_answers']:>6}  " + "  ".join(f"{c:>26}" for c in cells))
+                lines.append(f"{name:<34} {v:<20} {'-':>10} {'':>7}  not graded")
     return "\n".join(lines)
 
 
