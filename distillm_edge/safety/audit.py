@@ -5,8 +5,10 @@ prompt, draft, action, final text, red-flag hits, conversation id, reason) and
 ``hash = SHA-256(prev_hash + "\\n" + canonical JSON of the event)``, where canonical JSON has sorted
 keys, no spaces, UTF-8 and no NaN; the first row chains to 64 zeros. The ``head`` table (updated in
 the same transaction) and a ``<db>.head`` side file record the last row, so rows cut off the end are
-noticed too. Triggers refuse UPDATE and DELETE on the log. :meth:`AuditLog.verify` recomputes the
-chain and names every row that was edited, deleted, reordered or truncated.
+noticed too (someone who can rewrite both can still cut rows off; ``audit verify`` prints the head
+hash so it can be recorded elsewhere, which closes that gap). Triggers refuse UPDATE and DELETE on
+the log. :meth:`AuditLog.verify` recomputes the chain and names every row that was edited, deleted,
+reordered or truncated.
 
 Durability: each append is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction with
 ``synchronous=FULL``; a crash before the commit leaves the previous, still verifying, log (SQLite
@@ -91,9 +93,10 @@ class VerifyReport:
     ok: bool
     rows: int
     problems: list[str] = field(default_factory=list)
+    head: str = GENESIS  # the last row's hash: recorded elsewhere, it also proves later truncation
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "rows": self.rows, "problems": list(self.problems)}
+        return {"ok": self.ok, "rows": self.rows, "problems": list(self.problems), "head": self.head}
 
 
 def canonical_json(obj) -> str:
@@ -311,7 +314,7 @@ def verify_rows(rows: list[dict], head: tuple[int, str] | None, head_file: tuple
                             f"at row {last_seq})")
         elif fseq >= 1 and not any(r["seq"] == fseq and r["hash"] == fhash for r in rows):
             problems.append(f"row {fseq}: does not match the head file (edited, replaced or deleted)")
-    return VerifyReport(ok=not problems, rows=len(rows), problems=problems)
+    return VerifyReport(ok=not problems, rows=len(rows), problems=problems, head=last_hash)
 
 
 # --- Model identity --------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def run_audit_verify(cfg: AuditVerifyConfig, out: TextIO | None = None) -> bool:
     with _open_existing(cfg.audit_db) as log:
         report = log.verify()
         if report.ok:
-            out.write(f"ok: {log.path}: {report.rows} rows, the hash chain verifies\n")
+            out.write(f"ok: {log.path}: {report.rows} rows, the hash chain verifies; head {report.head}\n")
         else:
             out.write(f"BROKEN: {log.path}: {report.rows} rows, {len(report.problems)} problem(s)\n")
             for p in report.problems:

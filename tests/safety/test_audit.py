@@ -76,7 +76,7 @@ def test_chain_is_recomputable_and_verifies(tmp_path):
         assert row["hash"] == chain_hash(row["prev_hash"], row)
     assert rows[1]["red_flags"][0]["suppressed"] == "negated"
     report = log.verify()
-    assert report.ok and report.rows == 6 and report.problems == []
+    assert report.ok and report.rows == 6 and report.problems == [] and report.head == rows[-1]["hash"]
 
 
 def test_canonical_json_is_stable():
