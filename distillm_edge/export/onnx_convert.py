@@ -57,6 +57,7 @@ ONNX_TYPES: dict[str, OnnxType] = {
 }
 
 EXTRA_FILES = ("generation_config.json",)
+TESTED_BUILDER = "0.18.0"  # the onnxruntime-genai whose builder applies every option above (pyproject's floor)
 _LAYER = re.compile(r"Reading layer (\d+)")
 
 
@@ -107,5 +108,59 @@ def build_onnx(checkpoint: Path, out_dir: Path, quant: str, num_layers: int,
     for name in EXTRA_FILES:
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, out_dir / name)
-    return {"tool": "onnxruntime_genai.models.builder", "precision": kind.precision,
-            "execution_provider": "cpu", "weights": kind.description, "extra_options": list(extra)}
+    applied = applied_quantization(out_dir / "model.onnx")
+    ignored = ignored_options(kind.precision, extra, applied)
+    if ignored:
+        raise RuntimeError(
+            f"onnxruntime-genai {_version()}'s model builder ignored our {quant} options ({'; '.join(ignored)}); "
+            f"the graph in {out_dir} is not what '{quant}' promises. Install onnxruntime-genai>={TESTED_BUILDER}, "
+            "the version these options were tested with."
+        )
+    return {"tool": "onnxruntime_genai.models.builder", "builder_version": _version(), "precision": kind.precision,
+            "execution_provider": "cpu", "weights": kind.description, "extra_options": list(extra), "applied": applied}
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("onnxruntime-genai")
+
+
+def applied_quantization(graph_file: Path) -> dict:
+    """What the built graph holds, read back from it: MatMulNBits nodes per bit width (with block
+    size), the LM head's width (0 = float MatMul) and how the embedding is stored."""
+    import onnx
+
+    model = onnx.load(str(graph_file), load_external_data=False)
+    widths: dict[str, int] = {}
+    blocks: set[int] = set()
+    head, embedding = 0, "float"
+    for node in model.graph.node:
+        attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        if node.op_type == "MatMulNBits":
+            bits = attrs.get("bits", 4)
+            widths[f"int{bits}"] = widths.get(f"int{bits}", 0) + 1
+            blocks.add(attrs.get("block_size", 0))
+            if "lm_head" in node.name:
+                head = bits
+        elif node.op_type == "GatherBlockQuantized":
+            embedding = f"int{attrs.get('bits', 4)}"
+    return {"matmul_nbits": dict(sorted(widths.items())), "block_sizes": sorted(blocks), "lm_head_bits": head,
+            "embedding": embedding}
+
+
+def ignored_options(precision: str, extra: tuple[str, ...], applied: dict) -> list[str]:
+    """The requested quantization choices the built graph does not show (empty when all were applied)."""
+    options = dict(opt.split("=", 1) for opt in extra if "=" in opt)
+    mixed = dict(item.split(":", 1) for item in options.get("matmul_mixed_precision", "").split(",") if ":" in item)
+    nbits = applied["matmul_nbits"]
+    out = []
+    if precision in ("int4", "int8") and not nbits:
+        out.append(f"-p {precision}: no MatMulNBits node in the graph")
+    if precision == "int4" and "int4" not in nbits and nbits:
+        out.append("-p int4: no 4-bit MatMulNBits node")
+    if mixed.get("last_matmul") == "int8" and applied["lm_head_bits"] != 8:
+        out.append(f"last_matmul:int8 but the LM head is {applied['lm_head_bits'] or 'float'}-bit")
+    if mixed.get("mixed_layers") == "int8" and nbits.get("int8", 0) <= (applied["lm_head_bits"] == 8):
+        out.append("mixed_layers:int8 but no layer MatMul is 8-bit")
+    return out
