@@ -1,6 +1,7 @@
 """CLI for ``distillm-edge teachers ...``: commands that study a teacher before it teaches.
 
     distillm-edge teachers quantization-cost --teacher gemma-3-270m --data builtin --quant nf4,int8
+    distillm-edge teachers cache --teacher gemma-3-270m --data builtin --out runs/cache-gemma --top-k 64
 
 Each command parses its options into its frozen config and calls one ``run``; a new command is one
 more ``@teachers_app.command`` function here.
@@ -38,6 +39,41 @@ def quantization_cost(
         run(QuantizationCostConfig(teacher=teacher, data=data, split=split, quant=modes, dtype=dtype,
                                    max_examples=max_examples, max_length=max_length, device=device, threads=threads,
                                    out=out))
+
+
+@teachers_app.command("cache")
+def cache(
+    teacher: str = typer.Option(..., "--teacher", "-t", help="Model spec: embedded name, checkpoint dir, .gguf or Hub id."),
+    data: str = typer.Option("builtin", "--data", "-d", help="A prepared dataset dir (data prepare --out), or builtin."),
+    out: str = typer.Option(..., "--out", "-o", help="Cache folder (created; an unfinished cache there is resumed)."),
+    top_k: int = typer.Option(64, "--top-k", "-k", help="Teacher log-probabilities kept per token."),
+    student: str = typer.Option("smollm2-135m-instruct", "--student", help="The student whose tokenizer a cross-tokenizer "
+                                "teacher is aligned to (shared-vocabulary tail); 'none' to skip."),
+    split: str = typer.Option("train", "--split", help="Which split of --data to cache."),
+    max_length: int = typer.Option(1024, "--max-length", help="Teacher tokens per record (train gives 4 x max_length)."),
+    temperatures: str = typer.Option("1,1.5,2,3,4,8", "--temperatures", help="Temperature grid of the tail bucket."),
+    shard_size: int = typer.Option(128, "--shard-size", help="Records per shard (the unit of resume)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Teacher weights dtype."),
+    max_examples: int = typer.Option(None, "--max-examples", help="Cache only the first N records."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No per-shard lines."),
+) -> None:
+    """Run a teacher once over a prepared dataset and store its top-k log-probabilities (the logit cache)."""
+    with friendly_errors():
+        from distillm_edge.errors import UserError
+        from distillm_edge.teachers.cache import CacheConfig, run
+
+        try:
+            temps = tuple(float(x) for x in temperatures.split(",") if x.strip())
+        except ValueError:
+            raise UserError(f"--temperatures {temperatures}: give numbers separated by commas, e.g. 1,1.5,2,3,4,8.") from None
+        m = run(CacheConfig(teacher=teacher, data=data, out=out, top_k=top_k,
+                            student=None if student.lower() == "none" else student, split=split, max_length=max_length,
+                            temperatures=temps, shard_size=shard_size, dtype=dtype, max_examples=max_examples,
+                            threads=threads, progress=not no_progress))
+        typer.echo(f"{out}: {m['records'] - m['dropped']} records, {m['rows']:,} teacher rows, "
+                   f"{m['bytes_per_row']:.0f} bytes/row ({m['raw_bytes_per_row']:.0f} uncompressed), "
+                   f"{m['computed_shards']} shards computed, {m['skipped_shards']} reused, {m['seconds']:.0f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,9 +9,10 @@ padding) and stores, for every position that predicts a counted token:
 - the rest of the distribution as one bucket: its log-mass ``f(β) = log Σ_tail exp(β · lp)`` and
   slope ``f'(β)`` at a grid of inverse temperatures β = 1/τ (``--temperatures``, default 1 … 8),
   so a tempered teacher ``softmax(z/τ)`` is known on top-k ∪ {tail} for any τ in the grid's range
-  (cubic Hermite interpolation in β between grid points; exact on them). With ``--student``
-  naming a student whose tokenizer differs, the same for the tail *within the shared vocabulary*
-  (what the cross-tokenizer shared-vocabulary KL renormalizes over), and the vocabulary map;
+  (cubic Hermite interpolation in β between grid points: exact on them, ≤ 2e-3 nats between them
+  on Zipf-like and Gaussian logits). With ``--student`` naming a student whose tokenizer differs,
+  the tail is taken *within the shared vocabulary* instead (what the cross-tokenizer
+  shared-vocabulary KL renormalizes over), and the vocabulary map is stored;
 - per record, the teacher's token ids, character offsets, special-token flags and response
   start: what ``batches.align`` needs to align the teacher with any student tokenization later.
 
@@ -61,7 +62,7 @@ from torch import Tensor
 from distillm_edge.errors import UserError
 
 CACHE_VERSION = 1
-TEMPERATURES: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+TEMPERATURES: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 8.0)  # interpolation error <= 2e-3 nats (see tests)
 MANIFEST = "manifest.json"
 _FMIN = torch.finfo(torch.float32).min
 
@@ -71,7 +72,7 @@ class CacheConfig:
     """``distillm-edge teachers cache`` options."""
 
     teacher: str
-    data: str
+    data: str  # a prepared dataset directory, or builtin
     out: str
     top_k: int = 64
     student: str | None = "smollm2-135m-instruct"  # for the shared-vocabulary tail of a cross-tokenizer teacher
@@ -93,7 +94,7 @@ class CacheConfig:
             raise UserError(f"--shard-size {self.shard_size} / --max-length {self.max_length}: must be >= 1 / >= 2.")
         temps = list(self.temperatures)
         if not temps or any(t <= 0 for t in temps) or temps != sorted(set(temps)):
-            raise UserError(f"--temperatures {temps}: give rising temperatures > 0, e.g. 1,1.5,2,3,4,6,8.")
+            raise UserError(f"--temperatures {temps}: give rising temperatures > 0, e.g. 1,1.5,2,3,4,8.")
 
 
 # --------------------------------------------------------------------------- per-row summaries (pure)
@@ -103,31 +104,31 @@ def summarize_rows(logits: Tensor, top_k: int, temperatures: Sequence[float],
                    shared_ids: Tensor | None = None) -> dict[str, Tensor]:
     """Top-k log-probs/ids and the tail's ``[f(β), f'(β)]`` per row of teacher ``logits`` [n, V].
 
-    ``tail`` [n, G, 2] covers the whole vocabulary outside the top-k; ``shared_tail`` (if
-    ``shared_ids`` is given) only the shared entries outside the top-k. An empty tail has f = -inf.
+    ``tail`` [n, G, 2] covers the whole vocabulary outside the top-k; with ``shared_ids`` (a
+    teacher with another tokenizer) ``shared_tail`` instead covers only the shared entries outside
+    the top-k -- all the shared-vocabulary loss needs, and 5-6x cheaper for Gemma's 262k entries.
+    An empty tail has f = -inf.
     """
     lp = torch.log_softmax(logits.float(), dim=-1)
     k = min(top_k, lp.shape[-1])
     top_logp, top_ids = lp.topk(k, dim=-1)
     rest = lp.scatter(1, top_ids, float("-inf"))
-    out = {"top_ids": top_ids.to(torch.int32), "top_logp": top_logp.to(torch.float16),
-           "tail": _tail_stats(rest, temperatures)}
-    if shared_ids is not None:
+    out = {"top_ids": top_ids.to(torch.int32), "top_logp": top_logp.to(torch.float16)}
+    if shared_ids is None:
+        out["tail"] = _tail_stats(rest, temperatures)
+    else:
         out["shared_tail"] = _tail_stats(rest[:, shared_ids.to(rest.device)], temperatures)
     return out
 
 
 def _tail_stats(rest: Tensor, temperatures: Sequence[float]) -> Tensor:
+    rest0 = torch.nan_to_num(rest, neginf=0.0)
     stats = []
     for tau in temperatures:
-        x = rest / tau
-        m = x.amax(dim=-1, keepdim=True)
-        finite = torch.isfinite(m)
-        e = torch.exp(x - torch.where(finite, m, torch.zeros_like(m)))
-        s = e.sum(dim=-1)
-        f = torch.where(finite.squeeze(1), torch.log(s) + m.squeeze(1), torch.full_like(s, float("-inf")))
-        slope = torch.where(s > 0, (e * torch.nan_to_num(rest, neginf=0.0)).sum(dim=-1) / s.clamp_min(1e-30), torch.zeros_like(s))
-        stats.append(torch.stack([f, slope], dim=-1))
+        x = rest * (1.0 / tau)
+        f = torch.logsumexp(x, dim=-1)  # -inf for an empty tail
+        p = torch.exp(x.sub_(torch.nan_to_num(f, neginf=0.0).unsqueeze(1)))  # the tempered tail, normalized
+        stats.append(torch.stack([f, torch.linalg.vecdot(p, rest0)], dim=-1))  # f' = E_tail,beta[lp]
     return torch.stack(stats, dim=1)
 
 
@@ -262,6 +263,18 @@ def _cache_key(settings: Mapping) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def resolve_data(data: str) -> Path:
+    """``--data``: a prepared dataset directory, or ``builtin`` (the default train run's prepared built-in corpus)."""
+    if data == "builtin":
+        from distillm_edge.models import load_tokenizer
+        from distillm_edge.training.config import TrainConfig
+        from distillm_edge.training.trainer import prepared_data
+
+        default = TrainConfig()
+        return prepared_data(default, load_tokenizer(default.student.model, progress=False))
+    return Path(data).expanduser()
+
+
 def dataset_hash(path: Path) -> str:
     """sha256 over a prepared dataset's files (the arrow data and the split/info JSON)."""
     from distillm_edge.io import sha256_dir
@@ -321,7 +334,7 @@ def run(cfg: CacheConfig) -> dict:
     started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = Path(cfg.data).expanduser()
+    data = resolve_data(cfg.data)
     dataset = load_prepared(data)
     if cfg.split not in dataset:
         raise UserError(f"--split {cfg.split}: {data} has splits {', '.join(dataset)}.")

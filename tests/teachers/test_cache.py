@@ -201,3 +201,20 @@ def test_resume_skips_finished_shards_and_the_manifest_guards_its_settings(tiny_
         build(tiny_llama_dir, tiny_data, tiny_data, tiny_llama_dir)
     with pytest.raises(UserError, match="--top-k"):
         dataclasses.replace(CacheConfig("a", "b", "c"), top_k=0)
+
+
+def test_cli_builds_a_cache_and_names_bad_options(tiny_llama_dir, tiny_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from distillm_edge.cli import app
+
+    out = tmp_path / "cli_cache"
+    args = ["teachers", "cache", "--teacher", str(tiny_llama_dir), "--data", str(tiny_data), "--out", str(out), "--top-k", "4",
+            "--student", "none", "--max-examples", "3", "--no-progress", "--threads", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 records" in result.output and "bytes/row" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["settings"]["top_k"] == 4 and manifest["records"] == 3
+    bad = CliRunner().invoke(app, args[:-2] + ["--temperatures", "1,x"])
+    assert bad.exit_code == 2 and "--temperatures 1,x" in bad.output
