@@ -13,9 +13,12 @@ import json
 import datasets
 import pytest
 
-from distillm_edge.data import COLUMNS, PrepareConfig, load_prepared, run
+from distillm_edge.data import COLUMNS, PrepareConfig, builtin_corpus_path, load_prepared, run
 from distillm_edge.data.output import split_of
 from distillm_edge.errors import UserError
+
+BUILTIN = [json.loads(x) for x in builtin_corpus_path().read_text(encoding="utf-8").splitlines() if x.strip()]
+BUILTIN_N = len(BUILTIN)  # the embedded corpus grows (issue 12)
 
 
 def prepare(tmp_path, name: str, **kw) -> dict:
@@ -24,9 +27,9 @@ def prepare(tmp_path, name: str, **kw) -> dict:
 
 def test_valid_fraction_zero_writes_a_loadable_empty_valid_split(tmp_path):
     stats = prepare(tmp_path, "out", valid_fraction=0.0)
-    assert stats["final"]["splits"] == {"train": 336, "valid": 0}
+    assert stats["final"]["splits"] == {"train": BUILTIN_N, "valid": 0}
     data = datasets.load_from_disk(str(tmp_path / "out"))  # the standard loader, as a user would call it
-    assert len(data["train"]) == 336 and len(data["valid"]) == 0
+    assert len(data["train"]) == BUILTIN_N and len(data["valid"]) == 0
     assert data["valid"].column_names == list(COLUMNS) and data["valid"].features == data["train"].features
     assert len(load_prepared(tmp_path / "out")["valid"]) == 0
 

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from distillm_edge.data import COLUMNS, PrepareConfig, load_prepared, run
+from distillm_edge.data import COLUMNS, PrepareConfig, builtin_corpus_path, load_prepared, run
 from distillm_edge.errors import UserError
+
+BUILTIN = [json.loads(x) for x in builtin_corpus_path().read_text(encoding="utf-8").splitlines() if x.strip()]
+BUILTIN_N = len(BUILTIN)  # the embedded corpus grows (issue 12); every record must survive the pipeline
 
 
 def cfg(tmp_path: Path, **kw) -> PrepareConfig:
@@ -27,11 +30,12 @@ def test_builtin_corpus_end_to_end(tmp_path):
     assert set(data) == {"train", "valid"} and data["train"].column_names == list(COLUMNS)
     assert data["train"].features["difficulty"].dtype == "int64"
     total = len(data["train"]) + len(data["valid"])
-    assert total == stats["final"]["total"] == stats["read"]["total"] - sum(stats["removed"].values()) == 336
+    assert total == stats["final"]["total"] == stats["read"]["total"] - sum(stats["removed"].values()) == BUILTIN_N
     assert 0.04 < len(data["valid"]) / total < 0.16
-    assert json.loads((out / "stats.json").read_text())["final"]["per_source"] == {"builtin": 336}
+    assert json.loads((out / "stats.json").read_text())["final"]["per_source"] == {"builtin": BUILTIN_N}
     card = (out / "DATA_CARD.md").read_text()
-    assert "| builtin | 336 | 336 |" in card and "| 4 | treatment_planning | 80 |" in card
+    assert f"| builtin | {BUILTIN_N} | {BUILTIN_N} |" in card
+    assert f"| 4 | treatment_planning | {sum(r['difficulty'] == 4 for r in BUILTIN)} |" in card
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -87,7 +91,7 @@ def test_stages_on_a_planted_corpus(tmp_path, tiny_tokenizer):
 @pytest.mark.slow
 def test_default_run_with_real_tokenizer(tmp_path):
     stats = run(PrepareConfig(out=str(tmp_path / "out"), progress=False))
-    assert stats["final"]["total"] == 336 and stats["truncation"]["tokenizer"] == "smollm2-135m-instruct"
+    assert stats["final"]["total"] == BUILTIN_N and stats["truncation"]["tokenizer"] == "smollm2-135m-instruct"
 
 
 @pytest.mark.slow
