@@ -14,7 +14,9 @@ the weights: only a second context, whose KV cache holds ``n_seq`` sequences).
   the test compares its tokens with one-at-a-time ``LlamaCppBackend.stream``).
 - :class:`SlotScheduler`: continuous batching in one background thread, as llama.cpp's server
   slots do: ``stream(ids, ...)`` queues a sequence, waits for a free slot and yields its tokens
-  as they are decoded; finished or cancelled sequences free their slot at once. It has the
+  as they are decoded; finished or cancelled sequences free their slot at once, and a slot keeps
+  its KV cells so the next prompt sharing their prefix (the chat template's system turn) only
+  prefills the rest. It has the
   ``Backend.stream`` signature plus ``cancel``, so ``backends.generate.stream_text`` runs over it.
 
 Test: ``pytest tests/backends/test_llamacpp_batch.py`` (slow: the embedded SmolLM2 GGUF).
@@ -71,6 +73,14 @@ class MultiSequenceDecoder:
     def clear(self, seq: int) -> None:
         """Drop every KV cell of sequence ``seq`` (its slot can take a new sequence)."""
         self._lib.llama_memory_seq_rm(self.ctx.memory, seq, 0, -1)
+
+    def drop_from(self, seq: int, pos: int) -> bool:
+        """Drop the cells of ``seq`` at positions >= ``pos``; if this memory cannot cut a suffix,
+        drop them all and return False."""
+        if self._lib.llama_memory_seq_rm(self.ctx.memory, seq, pos, -1):
+            return True
+        self.clear(seq)
+        return pos == 0
 
     def decode(self, items: Sequence[tuple[int, Sequence[int], int, bool]]) -> dict[int, np.ndarray]:
         """One ``llama_decode`` over ``(seq, tokens, first_pos, want_logits)`` items.
@@ -159,6 +169,15 @@ def batch_generate(decoder: MultiSequenceDecoder, prompts: Sequence[Sequence[int
 _DONE = object()
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 @dataclass
 class _Request:
     prompt: list[int]
@@ -170,7 +189,7 @@ class _Request:
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     slot: int = -1
     pos: int = 0
-    todo: list[int] = field(default_factory=list)  # tokens still to feed (the prompt, then the last sample)
+    todo: list[int] = field(default_factory=list)  # tokens still to feed (the prompt's uncached rest, then the last sample)
     generated: int = 0
     closed: bool = False  # the consumer stopped reading (generator closed)
 
@@ -189,6 +208,8 @@ class SlotScheduler:
         self._wake = threading.Condition()
         self._stopping = False
         self._prefill_turn = False
+        self._cached: list[list[int]] = [[] for _ in range(n_slots)]  # tokens in each slot's KV cells
+        self.prefix_hits = 0  # prompt tokens not recomputed thanks to a slot's cached prefix
         self.failure: str | None = None
         self._thread = threading.Thread(target=self._loop, name="llama-slots", daemon=True)
         self._thread.start()
@@ -212,7 +233,6 @@ class SlotScheduler:
                              f"context of {self.n_ctx_per_slot}")
         request = _Request(list(ids), max_new_tokens, temperature, top_p, np.random.default_rng(seed),
                            cancel or threading.Event())
-        request.todo = list(request.prompt)
         with self._wake:
             if self._stopping:
                 raise RuntimeError("the llama.cpp slot scheduler is shut down")
@@ -243,21 +263,30 @@ class SlotScheduler:
     # --- the decode thread -----------------------------------------------------------------------
 
     def _finish(self, request: _Request, item=_DONE) -> None:
-        if request.slot >= 0:
+        if request.slot >= 0:  # the slot keeps its KV cells: the next prompt may share their prefix
             self._active.pop(request.slot, None)
-            self.decoder.clear(request.slot)
             request.slot = -1
         request.out.put(item)
 
     def _admit(self) -> None:
+        """Give free slots to waiting requests, each to the free slot whose cached tokens share the
+        longest prefix with its prompt (as llama.cpp's server does); only the rest is prefilled."""
         for request in [r for r in self._waiting if r.stopped()]:
             self._waiting.remove(request)
             request.out.put(_DONE)
         free = [s for s in range(self.n_slots) if s not in self._active]
         while free and self._waiting:
             request = self._waiting.popleft()
-            request.slot = free.pop(0)
-            self._active[request.slot] = request
+            shared = {slot: _common_prefix(self._cached[slot], request.prompt) for slot in free}
+            slot = max(free, key=lambda s: shared[s])
+            free.remove(slot)
+            keep = min(shared[slot], len(request.prompt) - 1)  # feed at least one token: its logits
+            if not self.decoder.drop_from(slot, keep):
+                keep = 0
+            del self._cached[slot][keep:]
+            request.slot, request.pos, request.todo = slot, keep, request.prompt[keep:]
+            self.prefix_hits += keep
+            self._active[slot] = request
 
     def _step(self) -> None:
         """One decode call: either one admitted prompt (chunk) alone, or the next token of every
@@ -281,6 +310,7 @@ class SlotScheduler:
         for request, chunk in items:
             request.pos += len(chunk)
             request.todo = request.todo[len(chunk):]
+            self._cached[request.slot].extend(chunk)
             row = logits.get(request.slot)
             if row is None:
                 continue

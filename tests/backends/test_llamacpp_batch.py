@@ -4,8 +4,8 @@ prompt greedy-decoded alone through ``LlamaCppBackend`` (its own single-sequence
 - one batched prefill gives bit-identical next-token logits to the single-sequence context;
 - ``batch_generate`` over k prompts of different lengths gives the same greedy tokens as
   one-at-a-time ``stream`` (also when a small ``n_batch`` splits each prompt over several calls);
-- the slot scheduler with fewer slots than concurrent streams gives the same tokens, and a stream
-  closed early or cancelled frees its slot;
+- the slot scheduler with fewer slots than concurrent streams gives the same tokens (also when a
+  slot's cached prefix is reused), and a stream closed early or cancelled frees its slot;
 - bad sequence ids, context overflow and over-long requests are refused.
 
 Run: ``pytest tests/backends/test_llamacpp_batch.py`` (slow-marked: the embedded SmolLM2 GGUF, ~10 s).
@@ -95,6 +95,11 @@ def test_scheduler_with_fewer_slots_than_streams(gguf, prompts, reference):
         for i, ref in enumerate(reference):
             assert results[i] == ref
             assert not events[i].is_set()  # the caller's cancel event is the caller's to set
+
+        hits = scheduler.prefix_hits
+        for ids, ref in zip(prompts, reference):  # again, one by one: slots now hold a shared prefix
+            assert list(scheduler.stream(ids, NEW)) == ref
+        assert scheduler.prefix_hits > hits
 
         stream = scheduler.stream(prompts[0], 64)
         next(stream)
