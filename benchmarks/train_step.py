@@ -1,26 +1,31 @@
-"""Throughput of one training step: plain supervised vs distillation with one and with both teachers.
+"""Throughput of one training step, with model-FLOPs utilization against matmul peaks measured at start-up.
 
-Builds the ``tiny-cpu`` run once (SmolLM2 teacher, Gemma-3 cross-tokenizer teacher, 15-layer
-student) and times, on the same micro-batches and interleaved so CPU contention hits every
-variant alike, a full step (forward, loss, backward, AdamW update) of:
+Sections (``--sections``, default all), each timed side by side, interleaved over repeats so CPU
+contention hits every variant alike; medians; student tokens/s (prompt + response tokens through
+the student, padding not counted) and MFU (``training/mfu.py``: model FLOPs of the student's
+training step and the teachers' forward passes, over the measured peak of the dtype the step
+runs in):
 
-1. ``supervised``: the student alone, cross-entropy only (kd_weight 0, no teacher runs);
-2. ``+ smollm2``: distillation from the same-tokenizer teacher;
-3. ``+ smollm2 + gemma``: both teachers, Gemma through shared-vocabulary KL (the recipe default:
-   Gemma projected onto the 46k shared tokens only);
-4. ``+ smollm2 + gemma (ULD)``: the same with ``cross_tokenizer.uld_weight=0.5`` (Gemma's full
-   262k-wide softmax and a sort per aligned token).
+- ``trainer``: the ``tiny-cpu`` run built by ``trainer.setup`` (SmolLM2 + Gemma-3 teachers, the
+  15-layer student); a full step (``step.compute_loss``, backward, AdamW) of: supervised (CE only),
+  + smollm2, + smollm2 + gemma (shared-vocabulary KL, the default), + ULD 0.5;
+- ``precision``: the default two-teacher step in fp32 vs under ``torch.autocast("cpu", bfloat16)``
+  (fp32 master weights; teachers' forward passes under the same autocast);
+- ``packing``: a student step (CE) on micro-batches of ``--pack-size`` examples right-padded
+  (``batches.collate``) vs packed into one row (``packing.collate_packed``);
+- ``cache``: builds top-k logit caches of both teachers for the timed records
+  (``teachers/cache.py``; bytes/row and build time reported), then the two-teacher step online
+  (teachers run) vs cached (``CachedTeacher.rows_for`` + ``cached_kd_loss``), and the KD losses
+  of both paths at tau 1 and 8 (the cache's approximation gap on the real teachers).
 
-Prints student tokens/s (prompt + response tokens through the student per second), medians over
-repeats, and each variant's ratio to the supervised step.
-
-Run: ``python benchmarks/train_step.py [--repeats 5] [--batches 4] [--batch-size 1] [--threads 0]``.
+Run: ``python benchmarks/train_step.py [--sections precision,packing,cache] [--repeats 3] [--batches 2]
+[--batch-size 2] [--pack-size 4] [--top-k 64] [--threads 0]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import os
 import statistics
 import tempfile
@@ -29,23 +34,134 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see cli/train.py: spinning OpenMP threads stall on shared CPUs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batches", type=int, default=4, help="micro-batches timed per variant and repeat")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    args = parser.parse_args()
+def timed(variants: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each variant (a callable), interleaved; one warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for rep in range(repeats + 1):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            if rep:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
-    import torch
 
+def table(title: str, rows: list[tuple[str, float, float, float]], base: str) -> None:
+    """rows: (name, tokens, seconds, flops, peak)."""
+    print(f"\n## {title}")
+    print(f"{'variant':<44} {'tokens/s':>9} {'ratio':>7} {'MFU':>7} {'median s':>9}")
+    ref = next(tok / s for name, tok, s, _, _ in rows if name == base)
+    for name, tok, s, flops, peak in rows:
+        print(f"{name:<44} {tok / s:>9.1f} {tok / s / ref:>6.2f}x {100 * flops / s / peak:>6.2f}% {s:>9.2f}")
+
+
+class Bench:
+    """The default models (no trainer): tokenizer, teachers, student, the prepared built-in corpus."""
+
+    def __init__(self, args) -> None:
+        import torch
+
+        from distillm_edge.models import LoadOptions, build_student, load_model, select_layers
+        from distillm_edge.teachers.cache import resolve_data
+        from distillm_edge.training.batches import ensure_chat_template
+        from distillm_edge.training.config import TrainConfig
+        from distillm_edge.training.cross_tokenizer import shared_vocab
+        from distillm_edge.training.mfu import ModelShape
+        from distillm_edge.training.teachers import Teacher, pad_id
+
+        self.cfg = TrainConfig()
+        smol_spec, gemma_spec = (t.model for t in self.cfg.teachers)
+        smol, self.tok = load_model(smol_spec, LoadOptions(), progress=False)
+        gemma, gtok = load_model(gemma_spec, LoadOptions(), progress=False)
+        for t in (self.tok, gtok):
+            ensure_chat_template(t)
+        self.student = build_student(smol, select_layers(smol.config.num_hidden_layers, self.cfg.student.layers))
+        self.student.config.use_cache = False
+        self.student.get_input_embeddings().requires_grad_(False)  # freeze_embeddings (the recipe default)
+        self.student.get_output_embeddings().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad], lr=1e-5)
+        vmap = shared_vocab(self.tok, gtok)
+        self.smol = Teacher(0, "smollm2", smol_spec, 0.6, self.tok, pad_id(self.tok), True, model=smol.eval())
+        self.gemma = Teacher(1, "gemma", gemma_spec, 0.4, gtok, pad_id(gtok), False, vocab_map=vmap, model=gemma.eval())
+        self.gemma.shared_head = gemma.get_output_embeddings().weight.detach()[vmap[1]]
+        self.shapes = {k: ModelShape.from_config(m.config) for k, m in (("student", self.student), ("smol", smol),
+                                                                          ("gemma", gemma))}
+        self.data = resolve_data("builtin")
+        from distillm_edge.data import load_prepared
+
+        self.records = list(load_prepared(self.data)["train"])
+        self.pad = pad_id(self.tok)
+
+    def examples(self, n: int, with_gemma: bool = True):
+        from distillm_edge.training.batches import encode_records
+
+        cross = {1: self.gemma.tokenizer} if with_gemma else {}
+        ex, _ = encode_records(self.records[: n + 8], self.tok, cross, self.cfg.max_length)
+        return ex[:n]
+
+    def flops(self, examples, teachers: bool = True) -> float:
+        """Model FLOPs of the student's step on ``examples`` plus the teachers' forward passes."""
+        from distillm_edge.training.batches import collate
+        from distillm_edge.training.mfu import sequence_flops
+
+        total = 0.0
+        for e in examples:
+            b = collate([e], self.pad, {1: self.gemma.pad_id} if e.teachers else {})
+            n, rows = len(e.student.ids), b.tokens
+            total += sequence_flops(self.shapes["student"], n, head_rows=rows)
+            if teachers:
+                total += sequence_flops(self.shapes["smol"], n, head_rows=rows, train=False)
+                if e.teachers:
+                    v = b.views[1]
+                    shared = len(self.gemma.vocab_map[1]) / self.shapes["gemma"].vocab
+                    total += sequence_flops(self.shapes["gemma"], v.input_ids.shape[1], train=False,
+                                            head_rows=int(v.student_rows.numel() * shared))
+        return total
+
+    def step(self, batch, *, teachers: bool = True, autocast: bool = False, cached=None, tau: float = 2.0) -> dict:
+        """One optimizer step of the default recipe's loss: 0.5 CE + 0.5 (0.6 KD_smol + 0.4 KD_gemma)."""
+        import torch
+
+        from distillm_edge.teachers.cache import cached_kd_loss
+        from distillm_edge.training.cross_tokenizer import cross_tokenizer_kd
+        from distillm_edge.training.losses import cross_entropy_loss, kd_loss
+        from distillm_edge.training.teachers import teacher_forward
+
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with ctx:
+            out = self.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.loss_mask)
+            logits = out.logits.reshape(1, -1, out.logits.shape[-1])
+            parts = {"ce": cross_entropy_loss(logits, batch.targets.view(1, -1))}
+            if teachers and cached is None:
+                smol = teacher_forward(self.smol, batch, student_vocab=logits.shape[-1]).logits
+                view = batch.views[1]
+                gemma = teacher_forward(self.gemma, batch, student_vocab=logits.shape[-1], shared_only=True).logits
+                parts["kd/smollm2"] = kd_loss(logits, smol, temperature=tau)
+                s_ids = self.gemma.vocab_map[0]
+                parts["kd/gemma"] = cross_tokenizer_kd(logits, gemma, view.student_rows.view(1, -1), view.teacher_rows.view(1, -1),
+                                                       vocab_map=(s_ids, torch.arange(len(s_ids))), uld_weight=0.0,
+                                                       temperature=tau)
+            elif teachers:
+                examples, caches = cached
+                parts["kd/smollm2"] = cached_kd_loss(logits, caches[0].rows_for(examples), temperature=tau)
+                parts["kd/gemma"] = cached_kd_loss(logits, caches[1].rows_for(examples), temperature=tau,
+                                                   vocab_map=caches[1].vocab_map)
+            loss = parts["ce"] if not teachers else 0.5 * parts["ce"] + 0.5 * (0.6 * parts["kd/smollm2"] + 0.4 * parts["kd/gemma"])
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {k: float(v.detach()) for k, v in parts.items()}
+
+
+def section_trainer(args, peaks) -> None:
+    import dataclasses
+
+    from distillm_edge.training import step as train_step
     from distillm_edge.training import trainer
     from distillm_edge.training.batches import collate
     from distillm_edge.training.config import resolve_config
     from distillm_edge.training.teachers import pad_id
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = resolve_config("tiny-cpu", overrides={
             "out": f"{tmp}/run", "eval_examples": 0, "progress": False, "tensorboard": False, "batch_size": args.batch_size,
@@ -53,8 +169,8 @@ def main() -> None:
         r = trainer.setup(cfg)
         r.log.close()
     smol, gemma = r.teachers
-    pads = {gemma.index: gemma.pad_id}
-    batches = [collate([r.train_examples[i] for i in r.plan[k]], pad_id(r.tokenizer), pads) for k in range(args.batches)]
+    batches = [collate([r.train_examples[i] for i in r.plan[k]], pad_id(r.tokenizer), {gemma.index: gemma.pad_id})
+               for k in range(args.batches)]
     tokens = sum(int(b.attention_mask.sum()) for b in batches)
     variants = {
         "supervised (student only, CE)": (dataclasses.replace(cfg, kd_weight=0.0), []),
@@ -63,30 +179,175 @@ def main() -> None:
         "+ smollm2 + gemma (shared KL + ULD 0.5)": (
             dataclasses.replace(cfg, cross_tokenizer=dataclasses.replace(cfg.cross_tokenizer, uld_weight=0.5)), [smol, gemma]),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
     r.student.train()
 
-    def step(batch) -> None:
-        parts = trainer.compute_loss(r, batch, tau=2.0)
-        parts["loss"].backward()
-        r.optimizer.step()
-        r.optimizer.zero_grad(set_to_none=True)
-
-    print(f"threads {torch.get_num_threads()}, {args.batches} micro-batches of {args.batch_size} "
-          f"({tokens} student tokens) per variant, {args.repeats} repeats (+1 warm-up), interleaved")
-    for rep in range(args.repeats + 1):
-        for name, (vcfg, teachers) in variants.items():
+    def run(vcfg, teachers):
+        def go():
             r.cfg, r.teachers = vcfg, teachers
-            start = time.perf_counter()
             for b in batches:
-                step(b)
-            if rep:  # the first round warms up allocators and caches
-                times[name].append(time.perf_counter() - start)
-    base = tokens / statistics.median(times["supervised (student only, CE)"])
-    print(f"{'variant':<42} {'tokens/s':>10} {'vs supervised':>14} {'median s':>9}")
-    for name, ts in times.items():
-        tps = tokens / statistics.median(ts)
-        print(f"{name:<42} {tps:>10.1f} {tps / base:>13.2f}x {statistics.median(ts):>9.2f}")
+                train_step.compute_loss(r, b, tau=2.0)["loss"].backward()
+                r.optimizer.step()
+                r.optimizer.zero_grad(set_to_none=True)
+        return go
+
+    secs = timed({name: run(*v) for name, v in variants.items()}, args.repeats)
+    print(f"\n(trainer section: {args.batches} micro-batches of {args.batch_size}, {tokens} student tokens; "
+          "MFU not computed here: see the precision section)")
+    base = tokens / secs["supervised (student only, CE)"]
+    for name, s in secs.items():
+        print(f"{name:<44} {tokens / s:>9.1f} {tokens / s / base:>6.2f}x {s:>9.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="trainer,precision,packing,cache")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=2, help="micro-batches timed per variant and repeat")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--pack-size", type=int, default=4, help="examples per micro-batch in the packing section")
+    parser.add_argument("--top-k", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    args = parser.parse_args()
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+
+    import torch
+
+    from distillm_edge.training.mfu import measure_peak
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    peaks = {"fp32": measure_peak(torch.float32), "bf16": measure_peak(torch.bfloat16)}
+    print(f"threads {torch.get_num_threads()}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; measured matmul peak "
+          f"(1024^3, median of 5): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
+          f"({peaks['bf16'] / peaks['fp32']:.1f}x)")
+    if {"precision", "packing", "cache"} & set(sections):
+        mine(args, sections, peaks)
+    if "trainer" in sections:
+        section_trainer(args, peaks)
+
+
+def mine(args, sections, peaks) -> None:
+    """The precision, packing and cache sections (the default models, built here)."""
+    b = Bench(args)
+    from distillm_edge.training.batches import collate
+    from distillm_edge.training.packing import collate_packed, padding_share
+
+    n = args.batches * args.batch_size
+    examples = b.examples(n)
+    groups = [examples[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
+    batches = [collate(g, b.pad, {1: b.gemma.pad_id}) for g in groups]
+    tokens = sum(len(e.student.ids) for e in examples)
+    flops = b.flops(examples)
+    b.student.train()
+    if "precision" in sections:
+        secs = timed({"fp32": lambda: [b.step(x) for x in batches],
+                      "bf16 autocast (fp32 master weights)": lambda: [b.step(x, autocast=True) for x in batches]}, args.repeats)
+        table(f"precision: default two-teacher step, {len(batches)} micro-batches of {args.batch_size} ({tokens} tokens)",
+              [("fp32", tokens, secs["fp32"], flops, peaks["fp32"]),
+               ("bf16 autocast (fp32 master weights)", tokens, secs["bf16 autocast (fp32 master weights)"], flops,
+                peaks["bf16"])], "fp32")
+        print("(MFU of each row against the peak of its own dtype)")
+    if "packing" in sections:
+        pex = b.examples(args.batches * args.pack_size, with_gemma=False)
+        pgroups = [pex[i : i + args.pack_size] for i in range(0, len(pex), args.pack_size)]
+        padded = [collate(g, b.pad, {}) for g in pgroups]
+        packed = [collate_packed(g, b.pad, {}) for g in pgroups]
+        ptok = sum(len(e.student.ids) for e in pex)
+        pflops = b.flops(pex, teachers=False)
+
+        def run_packed():
+            for pb in packed:
+                from distillm_edge.training.losses import cross_entropy_loss
+
+                out = b.student(**pb.model_inputs(), logits_to_keep=pb.batch.loss_mask)
+                cross_entropy_loss(out.logits.reshape(1, -1, out.logits.shape[-1]), pb.batch.targets.view(1, -1)).backward()
+                b.optimizer.step()
+                b.optimizer.zero_grad(set_to_none=True)
+
+        secs = timed({"padded": lambda: [b.step(x, teachers=False) for x in padded], "packed": run_packed}, args.repeats)
+        share = padding_share([list(range(i, i + len(g))) for i, g in zip(range(0, len(pex), args.pack_size), pgroups)],
+                              [len(e.student.ids) for e in pex])
+        table(f"packing: student CE step, {len(pgroups)} micro-batches of {args.pack_size} ({ptok} tokens; padded "
+              f"batches are {100 * share:.0f}% padding)",
+              [("padded (right padding)", ptok, secs["padded"], pflops, peaks["fp32"]),
+               ("packed (one row, position ids)", ptok, secs["packed"], pflops, peaks["fp32"])], "padded (right padding)")
+    if "cache" in sections:
+        section_cache(args, b, examples, batches, tokens, flops, peaks)
+
+
+def section_cache(args, b, examples, batches, tokens, flops, peaks) -> None:
+    from distillm_edge.teachers.cache import CacheConfig, CachedTeacher, run
+
+    n_records = max(b.records.index(next(r for r in b.records if str(r["id"]) == e.id)) for e in examples) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        caches, lines = [], []
+        for t in (b.smol, b.gemma):
+            start = time.perf_counter()
+            m = run(CacheConfig(teacher=t.spec, data=str(b.data), out=f"{tmp}/{t.name}", top_k=args.top_k,
+                                max_examples=n_records, progress=False))
+            lines.append(f"{t.name:<10} {m['rows']:>7,} rows  {m['bytes_per_row']:>6.0f} B/row zstd "
+                         f"({m['raw_bytes_per_row']:.0f} raw, x{m['compression']:.2f})  built in {time.perf_counter() - start:.0f} s "
+                         f"({(time.perf_counter() - start) / max(1, m['records']):.1f} s/record)")
+            caches.append(CachedTeacher.open(f"{tmp}/{t.name}", data_dir=b.data, student_tokenizer=b.tok))
+        print(f"\n## cache: top-{args.top_k} over the {n_records} first records of the built-in train split")
+        print("\n".join(lines))
+        groups = [examples[i : i + args.batch_size] for i in range(0, len(examples), args.batch_size)]
+        gaps = []
+        for tau in (1.0, 8.0):
+            online = [b.step(x, tau=tau) for x in batches]
+            cached = [b.step(x, tau=tau, cached=(g, caches)) for x, g in zip(batches, groups)]
+            for key in ("kd/smollm2", "kd/gemma"):
+                on, ca = sum(o[key] for o in online), sum(c[key] for c in cached)
+                gaps.append(f"{key} tau {tau:g}: online {on:.4f}, cached {ca:.4f} ({100 * (ca - on) / on:+.1f}%)")
+        print("KD loss, online vs cached (the same batches; steps in between move the student slightly):")
+        print("\n".join("  " + g for g in gaps))
+        gap_table(b, batches)
+        cflops = b.flops(examples, teachers=False)
+        secs = timed({"online": lambda: [b.step(x) for x in batches],
+                      "cached": lambda: [b.step(x, cached=(g, caches)) for x, g in zip(batches, groups)]}, args.repeats)
+        table(f"cache: default two-teacher step, {len(batches)} micro-batches of {args.batch_size} ({tokens} tokens)",
+              [("online (both teachers run)", tokens, secs["online"], flops, peaks["fp32"]),
+               ("cached (top-k from the cache)", tokens, secs["cached"], cflops, peaks["fp32"])],
+              "online (both teachers run)")
+
+
+def gap_table(b, batches) -> None:
+    """How far the top-k + tail-bucket KD falls below the online KD, by k and temperature (the same logits)."""
+    import torch
+
+    from distillm_edge.teachers.cache import TEMPERATURES, CachedRows, cached_kd_loss, summarize_rows
+    from distillm_edge.training.cross_tokenizer import cross_tokenizer_kd
+    from distillm_edge.training.losses import kd_loss
+    from distillm_edge.training.teachers import teacher_forward
+
+    ks, taus = (16, 64, 256, 1024), (1.0, 2.0, 4.0, 8.0)
+    gaps = {(name, k, tau): [0.0, 0.0] for name in ("smollm2", "gemma") for k in ks for tau in taus}
+    with torch.no_grad():
+        for batch in batches:
+            out = b.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=batch.loss_mask)
+            logits = out.logits.reshape(1, -1, out.logits.shape[-1])
+            smol = teacher_forward(b.smol, batch, student_vocab=logits.shape[-1]).logits
+            view = batch.views[1]
+            gemma = teacher_forward(b.gemma, batch, student_vocab=logits.shape[-1]).logits[:, view.teacher_rows]
+            for k in ks:
+                s = summarize_rows(smol[0], k, TEMPERATURES)
+                g = summarize_rows(gemma[0], k, TEMPERATURES, b.gemma.vocab_map[1])
+                rs = CachedRows(torch.arange(smol.shape[1]), s["top_ids"].long(), s["top_logp"].float(), s["tail"], TEMPERATURES)
+                rg = CachedRows(view.student_rows, g["top_ids"].long(), g["top_logp"].float(), g["shared_tail"], TEMPERATURES)
+                for tau in taus:
+                    gaps["smollm2", k, tau][0] += float(kd_loss(logits, smol, temperature=tau))
+                    gaps["smollm2", k, tau][1] += float(cached_kd_loss(logits, rs, temperature=tau))
+                    pos = torch.arange(view.student_rows.numel()).view(1, -1)
+                    gaps["gemma", k, tau][0] += float(cross_tokenizer_kd(
+                        logits, gemma, view.student_rows.view(1, -1), pos, vocab_map=b.gemma.vocab_map, uld_weight=0.0,
+                        temperature=tau))
+                    gaps["gemma", k, tau][1] += float(cached_kd_loss(logits, rg, temperature=tau, vocab_map=b.gemma.vocab_map))
+    print("cached KD / online KD (top-k + one tail bucket vs the full distribution; same student logits):")
+    print(f"{'teacher':<9} {'k':>5} " + " ".join(f"{'tau ' + format(t, 'g'):>8}" for t in taus))
+    for name in ("smollm2", "gemma"):
+        for k in ks:
+            print(f"{name:<9} {k:>5} " + " ".join(f"{gaps[name, k, t][1] / gaps[name, k, t][0]:>8.3f}" for t in taus))
 
 
 if __name__ == "__main__":
