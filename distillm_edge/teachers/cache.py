@@ -21,7 +21,8 @@ a whole with zstd (level 3: ~0.5 GB/s decompression, and int32 ids below 2^18 an
 sorted fp16 log-probs compress well; measured ratio in the manifest), written atomically; a
 shard whose file exists with the same cache key is skipped, so an interrupted run resumes.
 ``manifest.json``: teacher spec + weights sha256, tokenizer hashes, dataset sha256, split, k,
-temperatures, records/rows, bytes per row (compressed and raw), ``complete``.
+temperatures, records/rows, bytes per row (compressed and raw), ``tail_mass`` (mean teacher
+probability outside the top-k at each grid temperature: how coarse the cache is there), ``complete``.
 
 The loss (:func:`cached_kd_loss`, pure): the divergence between the *coarsened* distributions
 over top-k ∪ {tail} (teacher from the cache, student from its live logits: q_tail = 1 - Σ q_top),
@@ -149,6 +150,23 @@ def tail_at(tail: Tensor, temperatures: Sequence[float], tau: float) -> Tensor:
     value = ((2 * t**3 - 3 * t**2 + 1) * f0 + (t**3 - 2 * t**2 + t) * h * d0 + (-2 * t**3 + 3 * t**2) * f1
              + (t**3 - t**2) * h * d1)
     return torch.where(torch.isfinite(f0) & torch.isfinite(f1), value, torch.full_like(value, float("-inf")))
+
+
+def tail_mass(top_ids: Tensor, top_logp: Tensor, tail: Tensor, temperatures: Sequence[float],
+              shared_ids: Tensor | None = None) -> list[float]:
+    """Per grid temperature, the summed teacher probability outside the top-k (within the shared vocabulary if
+    ``shared_ids``): how much of the tempered distribution the tail bucket holds (a coverage diagnostic)."""
+    top = top_logp.float()
+    if shared_ids is not None:
+        shared = torch.zeros(int(max(int(shared_ids.max()), int(top_ids.max()))) + 1, dtype=torch.bool)
+        shared[shared_ids] = True
+        top = top.masked_fill(~shared[top_ids.long()], float("-inf"))
+    out = []
+    for g, tau in enumerate(temperatures):
+        f = tail[:, g, 0].float().unsqueeze(1)
+        both = torch.cat([top / tau, f], dim=1)
+        out.append(float(torch.exp(f.squeeze(1) - torch.logsumexp(both, dim=1)).nan_to_num(0.0).sum()))
+    return out
 
 
 # --------------------------------------------------------------------------- the loss (pure)
@@ -364,6 +382,7 @@ def run(cfg: CacheConfig) -> dict:
     totals = {"records": 0, "dropped": 0, "tokens": 0, "rows": 0, "bytes": 0, "raw_bytes": 0, "computed_shards": 0,
               "skipped_shards": 0}
     n_shards = math.ceil(len(records) / cfg.shard_size)
+    mass_sum = [0.0] * len(cfg.temperatures)
     for si in range(n_shards):
         path = out / shard_name(si)
         meta = read_shard(path)[1] if path.is_file() else {}
@@ -399,8 +418,12 @@ def run(cfg: CacheConfig) -> dict:
             if not ids:
                 tensors = {"meta": torch.zeros(0, 6, dtype=torch.int32)}
             rows = int(tensors["meta"][:, 1].sum())
+            mass = [0.0] * len(cfg.temperatures)
+            if ids:
+                mass = tail_mass(tensors["top_ids"], tensors["top_logp"], tensors["tail" if shared_ids is None else "shared_tail"],
+                                 cfg.temperatures, shared_ids)
             meta = {"key": key, "record_ids": json.dumps(ids), "records": str(len(chunk)), "dropped": str(dropped),
-                    "tokens": str(int(tensors["meta"][:, 0].sum())), "rows": str(rows),
+                    "tokens": str(int(tensors["meta"][:, 0].sum())), "rows": str(rows), "tail_mass": json.dumps(mass),
                     "raw_bytes": str(sum(v.numel() * v.element_size() for v in tensors.values()))}
             blob = _compress(tensors, meta, cfg.zstd_level)
             with atomic_path(path) as tmp:
@@ -410,6 +433,7 @@ def run(cfg: CacheConfig) -> dict:
             totals["skipped_shards"] += 1
         for name in ("records", "dropped", "tokens", "rows", "raw_bytes"):
             totals[name] += int(meta[name])
+        mass_sum = [a + b for a, b in zip(mass_sum, json.loads(meta["tail_mass"]))]
         totals["bytes"] += path.stat().st_size
         if cfg.progress:
             from rich.console import Console
@@ -418,7 +442,8 @@ def run(cfg: CacheConfig) -> dict:
     rows = max(1, totals["rows"])
     manifest.update(totals, complete=True, shards=n_shards, bytes_per_row=totals["bytes"] / rows,
                     raw_bytes_per_row=totals["raw_bytes"] / rows, compression=totals["raw_bytes"] / max(1, totals["bytes"]),
-                    seconds=time.perf_counter() - started, config=asdict(cfg))
+                    seconds=time.perf_counter() - started, config=asdict(cfg),
+                    tail_mass={f"{t:g}": m / rows for t, m in zip(cfg.temperatures, mass_sum)})
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
 

@@ -106,6 +106,8 @@ def test_same_tokenizer_cache_matches_the_online_loss(tiny_llama_dir, peaked_tea
     manifest = build(peaked_teacher_dir, tiny_data, tmp_path / "cache", tiny_llama_dir, top_k=64)
     assert manifest["complete"] and manifest["records"] == 10 and manifest["rows"] > 100
     assert manifest["settings"]["student_tokenizer"] is None  # same vocabulary: no shared-vocabulary tail
+    mass = manifest["tail_mass"]
+    assert list(mass) == ["1", "1.5", "2", "3", "4", "8"] and 0 <= mass["1"] < mass["8"] <= 1
     cache = CachedTeacher.open(tmp_path / "cache", data_dir=tiny_data, train_on_prompt=False)
     assert cache.vocab_map is None
     student, tok = load(tiny_llama_dir)

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from distillm_edge.errors import UserError
-from distillm_edge.teachers.cache import TEMPERATURES, CachedRows, cached_kd_loss, summarize_rows, tail_at
+from distillm_edge.teachers.cache import (
+    TEMPERATURES,
+    CachedRows,
+    cached_kd_loss,
+    summarize_rows,
+    tail_at,
+    tail_mass,
+)
 from distillm_edge.training.cross_tokenizer import cross_tokenizer_kd
 from distillm_edge.training.losses import KINDS, kd_loss
 
@@ -157,3 +164,16 @@ def test_tail_interpolation_between_grid_temperatures():
             assert float(tail_at(s["tail"], TEMPERATURES, tau)) == pytest.approx(exact, abs=2e-3), tau
     with pytest.raises(UserError, match="outside the cached range"):
         tail_at(s["tail"], TEMPERATURES, 0.5)
+
+
+def test_tail_mass_diagnostic_is_the_probability_outside_the_top_k():
+    student, teacher = data(seed=5, v=100)
+    s = summarize_rows(teacher, 10, TEMPERATURES)
+    mass = tail_mass(s["top_ids"], s["top_logp"], s["tail"], TEMPERATURES)
+    for g, tau in enumerate(TEMPERATURES):
+        p = torch.softmax(teacher.double() / tau, -1)
+        want = float((1 - p.gather(1, s["top_ids"].long()).sum(-1)).sum())
+        assert mass[g] == pytest.approx(want, rel=2e-3), tau
+    assert mass == sorted(mass)  # hotter: more mass outside the top-k
+    full = summarize_rows(teacher, 100, TEMPERATURES)
+    assert max(tail_mass(full["top_ids"], full["top_logp"], full["tail"], TEMPERATURES)) == 0.0
