@@ -5,7 +5,8 @@ loaded transformers model and the same torch thread count: ours through ``eval.s
 (one pass per question, logits only at the answer position, few-shot prefix computed once), the
 harness through our generated YAML tasks (``eval.harness``) with its ``hf`` model. Each repeat
 times one full run of each, interleaved; we print per-subject accuracy for both (the agreement
-table), the median seconds and the speed ratio harness / ours (> 1: we are faster). With
+table, with both standard errors: ours is lm-eval's acc_stderr convention), the median seconds and the
+speed ratio harness / ours (> 1: we are faster). With
 ``--gguf`` it also times our scoring on the embedded model's GGUF through llama.cpp.
 
 Run: ``HF_HUB_OFFLINE=1 python benchmarks/eval_speed.py --data-dir ../shared/data --threads 1``
@@ -43,7 +44,7 @@ def main() -> None:
     import torch
 
     from distillm_edge.backends import open_backend
-    from distillm_edge.eval import harness
+    from distillm_edge.eval import harness, metrics
     from distillm_edge.eval.config import EvalConfig
     from distillm_edge.eval.run import build_tasks
     from distillm_edge.eval.scoring import score_task
@@ -88,7 +89,7 @@ def main() -> None:
             print(f"repeat {r + 1}: {'ours (gguf)':<14} {timings['ours (gguf)'][-1]:8.1f}s")
         gguf.close()
 
-    print(f"\n{'subject':<24}{'n':>4}{'ours':>9}{'lm-eval':>9}{'diff':>7}{'max|Δll|':>10}" +
+    print(f"\n{'subject':<24}{'n':>4}{'ours':>9}{'lm-eval':>9}{'diff':>7}{'max|Δll|':>10}{'se ours':>9}{'se lm-eval':>11}" +
           (f"{'gguf':>9}" if gguf_scores else ""))
     total_ours = total_ref = total_gguf = total_n = 0
     for subject, scores in mine.items():
@@ -96,7 +97,9 @@ def main() -> None:
         ref = theirs[subject]
         n = len(scores.gold)
         dll = float(np.abs(scores.loglik - np.array(ref["loglik"])).max())
-        line = f"{subject:<24}{n:>4}{acc:>9.2f}{ref['acc']:>9.2f}{acc - ref['acc']:>7.2f}{dll:>10.2e}"
+        se = metrics.mean_stderr(100.0 * (scores.pred == scores.gold))
+        line = (f"{subject:<24}{n:>4}{acc:>9.2f}{ref['acc']:>9.2f}{acc - ref['acc']:>7.2f}{dll:>10.2e}"
+                f"{se:>9.2f}{ref['acc_stderr']:>11.2f}")
         if gguf_scores:
             g = gguf_scores[subject]
             gacc = 100.0 * float(np.mean(g.pred == g.gold))
@@ -105,7 +108,7 @@ def main() -> None:
         print(line)
         total_ours, total_ref, total_n = total_ours + acc * n, total_ref + ref["acc"] * n, total_n + n
     line = f"{'micro average':<24}{total_n:>4}{total_ours / total_n:>9.2f}{total_ref / total_n:>9.2f}"
-    print(line + (f"{'':>17}{total_gguf / total_n:>9.2f}" if gguf_scores else ""))
+    print(line + (f"{'':>37}{total_gguf / total_n:>9.2f}" if gguf_scores else ""))
 
     med = {k: statistics.median(v) for k, v in timings.items()}
     print("\n" + "  ".join(f"{k}: {v:.1f}s" for k, v in med.items()) + " (medians)")

@@ -6,7 +6,7 @@ template: description "The following are multiple choice questions (with answers
 ``doc_to_text`` "{{question.strip()}}\\nA. ..\\nAnswer:", choices A-D, few-shot examples from the
 dev split (``first_n``). ``run_harness`` runs them through ``lm_eval.simple_evaluate`` with the
 ``hf`` model (a loaded transformers model, so both sides share one copy) and returns per-subject
-accuracy, the prompts and the choice log-likelihoods.
+accuracy with lm-eval's standard error, the prompts and the choice log-likelihoods.
 
 Not used by ``distillm-edge eval`` itself; ``tests/eval/test_harness_agreement.py`` and
 ``benchmarks/eval_speed.py`` call it. lm-eval needs ``HF_HUB_OFFLINE=1`` here (no Hub access).
@@ -71,13 +71,15 @@ def run_harness(model, tokenizer, task_dir: str | Path, tasks: list[str], num_fe
     out = lm_eval.simple_evaluate(
         model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, log_samples=True,
         task_manager=TaskManager(include_path=str(task_dir)), random_seed=0, numpy_random_seed=0,
-        torch_random_seed=0, fewshot_random_seed=0, bootstrap_iters=0,
+        torch_random_seed=0, fewshot_random_seed=0,
+        bootstrap_iters=1,  # > 0 turns stderrs on; acc's is closed form (mean_stderr), no resampling
     )
     results = {}
     for name in tasks:
         samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
         results[name[len(TASK_PREFIX):]] = {
             "acc": 100.0 * out["results"][name]["acc,none"],
+            "acc_stderr": 100.0 * out["results"][name]["acc_stderr,none"],
             "n": len(samples),
             "prompts": [s["arguments"][0][0] for s in samples],  # in memory: [(context, continuation), ...]
             "loglik": [[float(r[0]) for r in s["filtered_resps"]] for s in samples],
