@@ -5,6 +5,7 @@
     distillm-edge train --recipe med42-llama --out runs/med42 max_steps=2000
     distillm-edge train --config my.yaml lr=1e-4 student.layers=even:10
     distillm-edge train --resume runs/med42               # continue from its latest checkpoint
+    distillm-edge train --resume runs/med42 kd_weight=0.7 --allow-config-change   # change loss settings (logged)
     accelerate launch --multi_gpu --num_processes 2 $(which distillm-edge) train --recipe ...   # data parallel
     distillm-edge train --probe-layers "even:10;first-last:8,7"   # initial perplexity of candidate students
     distillm-edge train --plan --recipe multi-teacher --gpus 2 --gpu-mem 24GiB   # memory per device; loads no weights
@@ -31,6 +32,9 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", "-c", help="A YAML config (applied over --recipe, if given)."),
         out: str = typer.Option(None, "--out", "-o", help="Run directory (default runs/train-<timestamp>)."),
         resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory from its latest checkpoint."),
+        allow_config_change: bool = typer.Option(
+            False, "--allow-config-change", help="--resume: accept changed loss settings (kd_weight, divergence, "
+            "temperature, ...); the change is logged."),
         list_recipes: bool = typer.Option(False, "--list-recipes", help="List the shipped recipes and exit."),
         probe_layers: str = typer.Option(
             None, "--probe-layers", help="Measure the initial held-out perplexity of layer selections "
@@ -79,4 +83,4 @@ def register(app: typer.Typer) -> None:
             if probe_layers:
                 trainer.probe(cfg, [s.strip() for s in probe_layers.split(";") if s.strip()])
                 return
-            trainer.run(cfg, resume=resume is not None)
+            trainer.run(cfg, resume=resume is not None, allow_config_change=allow_config_change)

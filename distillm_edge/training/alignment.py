@@ -198,6 +198,29 @@ def _aligned_submatrix(attn: Tensor, pos: Tensor) -> Tensor:
     return sub.permute(0, 3, 1, 2)
 
 
+@torch.no_grad()
+def l2_sp_gradient_(params: Sequence[Tensor], reference: Sequence[Tensor], weight: float) -> float:
+    """Add the gradient of ``weight * sum ||p - p0||^2``, i.e. ``2 weight (p - p0)``, to each ``p.grad``.
+
+    Returns the penalty's value ``sum ||p - p0||^2`` (fp32, unweighted). One parameter at a time:
+    no autograd graph over the weights and no second full copy on the accelerator (``reference``
+    may live on the CPU; each tensor is moved over when its turn comes).
+    """
+    if len(reference) != len(params):
+        raise ValueError(f"l2_sp_gradient_ got {len(params)} parameters but {len(reference)} reference tensors")
+    total = 0.0
+    for p, r in zip(params, reference):
+        drift = p.detach().float() - r.to(p.device, non_blocking=True).float()
+        total += float(drift.pow(2).sum())
+        if weight:
+            step = drift.mul_(2.0 * weight).to(p.dtype)
+            if p.grad is None:
+                p.grad = step
+            else:
+                p.grad.add_(step)
+    return total
+
+
 def l2_penalty(params: Iterable[Tensor], reference: Sequence[Tensor] | None = None) -> Tensor:
     """sum ||p||^2 over ``params``, or sum ||p - p0||^2 with ``reference`` (same order and shapes), fp32."""
     params = list(params)

@@ -9,8 +9,9 @@ renamed into place, so a crash or Ctrl-C never leaves a half-written one:
   layer selection);
 - ``optimizer.pt``, ``scheduler.pt``, ``rng.pt``: ``torch.save`` state dicts, loaded back with
   ``weights_only=True`` (no pickled code runs on load);
-- ``state.json``: optimizer step, data position (global micro-batch index), counters, and a hash
-  of the config fields that change the numbers (a resume with different ones is refused).
+- ``state.json``: optimizer step, data position (global micro-batch index), counters, a hash
+  of the config fields that change the data or model (a resume with different ones is refused),
+  and the loss settings (a resume that changes them needs ``--allow-config-change``).
 
 :func:`save_student` writes the final model with ``save_pretrained`` (safetensors), its tokenizer
 and chat template; LoRA adapters are merged first (and also saved on their own under
@@ -21,10 +22,13 @@ Test: ``pytest tests/training/test_trainer.py -k resume``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
-from dataclasses import dataclass
+import signal
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,6 +51,28 @@ class TrainState:
     bad_in_row: int = 0
     elapsed: float = 0.0  # training seconds before this process
     config_hash: str = ""
+    loss_settings: dict = field(default_factory=dict)  # trainer.LOSS_SETTINGS, flat; a resume that changes them is refused
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
+
+    The trainer wraps ``optimizer.step()`` and the step counter in it, so a checkpoint saved on
+    Ctrl-C never records an applied update as not yet done (which a resume would apply again).
+    Outside the main thread (where signals cannot be handled) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def rng_state() -> dict:

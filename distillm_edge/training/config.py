@@ -58,7 +58,7 @@ class StudentConfig:
 
     model: str = "smollm2-135m-instruct"
     layers: str | None = "first-last:5,10"  # even:K | first-last:A,B | 0,1,29 | null (train the model as is)
-    dtype: str = "float32"  # weights; research: bf16
+    dtype: str = "float32"  # stored weights; full fine-tuning needs float32 (master weights; bf16 via precision: bf16)
     quantization: Literal["none", "nf4"] = "none"  # nf4 = QLoRA base (needs lora)
 
 
@@ -205,7 +205,9 @@ class TrainConfig:
     l2_weight: float = 0.0  # L2 penalty on the trainable weights' drift from their initial values (L2-SP)
     lora: LoraConfig | None = None
     # running
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on a GPU that has it, fp32 on CPU
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"  # adamw_8bit: bitsandbytes' 8-bit states (GPU)
     seed: int = 0
     threads: int = 0  # torch CPU threads (0: torch's default)
     out: str | None = None  # run directory; null: runs/train-<timestamp>
@@ -257,6 +259,7 @@ class TrainConfig:
         if self.student.layers is not None and self.student.quantization != "none":
             raise ConfigError("student.layers with student.quantization: cut the layers first (a run without "
                               "quantization), then QLoRA the saved student with student.layers: null.")
+        self._check_precision()
         if self.teacher_weighting == "confidence" and len(self.teachers) < 2:
             raise ConfigError("teacher_weighting: confidence needs at least two teachers (use static).")
         if self.deepspeed is not None:
@@ -265,6 +268,16 @@ class TrainConfig:
                 "scale-out work). Remove the key; data-parallel runs work with "
                 "`accelerate launch --multi_gpu --num_processes N $(which distillm-edge) train ...`."
             )
+
+    def _check_precision(self) -> None:
+        if self.student.dtype in ("bfloat16", "bf16", "float16", "fp16") and self.lora is None:
+            raise ConfigError(
+                f"student.dtype: {self.student.dtype} trains {self.student.dtype} weights directly: updates smaller than "
+                "the weights' rounding step vanish (at lr 1e-6 nothing moves). Use student.dtype: float32 with precision: "
+                "bf16 (fp32 master weights under bf16 autocast), or LoRA (a frozen bf16 base with fp32 adapters).")
+        if self.precision == "fp16":
+            raise ConfigError("precision: fp16 is not supported (it needs loss scaling that skips steps); use precision: "
+                              "bf16 (any Ampere or newer GPU) or fp32.")
 
     def _check_specialty_weights(self) -> None:
         sw = self.specialty_weights

@@ -499,6 +499,7 @@ def projected_kd(
     weights: Tensor | None = None,
     normalizer: float | Tensor | None = None,
     ignore_index: int = -100,
+    ce_normalizer: float | Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(kd, projection_ce)`` at aligned positions through the learned projection.
 
@@ -506,8 +507,9 @@ def projected_kd(
     projection cannot collapse onto the student), weighted like ``cross_tokenizer_kd``: ``weights``
     per sample [B] or per student token [B, Ts], ``normalizer`` replacing the denominator.
     projection_ce: unweighted cross-entropy of the projected logits against the student's next
-    tokens ``labels`` [B, Ts] (already shifted), which trains the projection; add both to the
-    objective. Materializes [aligned tokens, Vs] tensors.
+    tokens ``labels`` [B, Ts] (already shifted), which trains the projection (a mean over the aligned
+    tokens, or their sum divided by ``ce_normalizer``); add both to the objective. Materializes
+    [aligned tokens, Vs] tensors.
     """
     batch, seq = student_logits.shape[:2]
     aligned, t_index = _aligned_grid(student_pos, teacher_pos, batch, seq)
@@ -529,4 +531,6 @@ def projected_kd(
                  weights=row_w, normalizer=normalizer)
     if b.numel() == 0:
         return kd, projected.sum() * 0.0
-    return kd, F.cross_entropy(projected.float(), labels[b, t].long())
+    if ce_normalizer is None:
+        return kd, F.cross_entropy(projected.float(), labels[b, t].long())
+    return kd, F.cross_entropy(projected.float(), labels[b, t].long(), reduction="sum") / ce_normalizer

@@ -8,6 +8,7 @@ Every loss here is a pure function of tensors that
 - takes optional ``weights``, per sample [B] or per token [B, T], and returns the weighted mean
   ``sum(w * loss_token) / sum(w)`` over counted tokens (``normalizer`` replaces the denominator);
 - returns an fp32 scalar 0 (not NaN), with all-zero gradients, when nothing is counted;
+- computes in fp32 even inside a bf16 autocast region (autocast is turned off in the chunk loop);
 - never builds a full [B, T, V] fp32 tensor: the counted token rows are gathered ``chunk_size``
   rows at a time, upcast to fp32 inside the chunk, and the gradient w.r.t. the student logits is
   computed chunk by chunk *during the forward pass* (closed-form, see ``divergence_rows``) and kept
@@ -165,15 +166,16 @@ class _ChunkedRows(torch.autograd.Function):
         flat_grad = grad.view(-1, student.shape[-1]) if need_grad else None
         total = torch.zeros((), dtype=torch.float32, device=student.device)
         n = s_b.numel()
-        for start in range(0, n, rows):
-            sl = slice(start, min(n, start + rows))
-            s = student[s_b[sl], s_t[sl]].float()
-            t = None if teacher is None else teacher[t_b[sl], t_t[sl]].float()
-            loss_rows, g = row_fn(s, t, sl, need_grad)
-            w = row_w[sl]
-            total += torch.dot(loss_rows, w)
-            if need_grad:
-                flat_grad.index_copy_(0, s_b[sl] * student.shape[1] + s_t[sl], g.mul_(w.unsqueeze(1)).to(grad.dtype))
+        with torch.autocast(student.device.type, enabled=False):  # fp32 math even inside a bf16 autocast region
+            for start in range(0, n, rows):
+                sl = slice(start, min(n, start + rows))
+                s = student[s_b[sl], s_t[sl]].float()
+                t = None if teacher is None else teacher[t_b[sl], t_t[sl]].float()
+                loss_rows, g = row_fn(s, t, sl, need_grad)
+                w = row_w[sl]
+                total += torch.dot(loss_rows, w)
+                if need_grad:
+                    flat_grad.index_copy_(0, s_b[sl] * student.shape[1] + s_t[sl], g.mul_(w.unsqueeze(1)).to(grad.dtype))
         ctx.grad = grad
         return total
 

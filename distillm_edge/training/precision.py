@@ -1,21 +1,46 @@
-"""Numeric precision of a training run: which mixed precision Accelerate uses.
+"""Numeric precision and optimizer memory of a training run.
 
-``precision: auto`` is bf16 autocast on a GPU that supports it and fp32 elsewhere (a CPU);
-``fp32`` is plain fp32; ``bf16`` is bf16 autocast over the student's weights.
+- Mixed precision: ``precision: bf16`` runs the forward/backward under bf16 autocast while the
+  trainable weights, their gradients and AdamW's states stay fp32 ("master weights"). Training
+  bf16 weights directly does not work at the research's learning rates: near a weight of 0.01
+  bf16 values are ~6e-5 apart, so an update of 1e-6 (lr 1e-6, or warmup's first steps near
+  1e-9) rounds back to the same weight and nothing moves. ``TrainConfig`` therefore refuses
+  ``student.dtype`` bfloat16/float16 for full fine-tuning (LoRA's frozen base may be bf16: peft
+  keeps the adapters fp32). ``auto`` is bf16 autocast on a GPU that supports it, fp32 on a CPU.
+  fp16 is refused (it needs loss scaling, and every GPU of the research setup has bf16).
+- The losses themselves always compute in fp32 (``losses.py`` upcasts each chunk and turns
+  autocast off inside), so bf16 autocast changes only the matmuls.
+- Optimizer: ``optimizer: adamw`` (torch) or ``adamw_8bit`` (bitsandbytes' 8-bit AdamW: the two
+  moment states in 8 bits, ~75% less optimizer memory; needs bitsandbytes, and a GPU in practice).
+- ``gradient_checkpointing: true`` recomputes each block's activations in backward (less memory,
+  ~30% more compute); the trainer switches it on with transformers' non-reentrant checkpointing.
 
-Test: ``pytest tests/training/test_precision.py``.
+Test: ``pytest tests/training/test_train_precision.py``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from distillm_edge.errors import UserError
 from distillm_edge.training.config import TrainConfig
 
 
 def mixed_precision(cfg: TrainConfig) -> str:
-    """Accelerate's ``mixed_precision`` for ``cfg.precision``: "no", "bf16" or "fp16"."""
+    """Accelerate's ``mixed_precision`` for ``cfg.precision``: "no" or "bf16"."""
     cuda = torch.cuda.is_available()
     if cfg.precision == "auto":
         return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     return {"fp32": "no"}.get(cfg.precision, cfg.precision)
+
+
+def make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW over ``groups`` (torch's, or bitsandbytes' 8-bit one with ``optimizer: adamw_8bit``)."""
+    if cfg.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("optimizer: adamw_8bit needs bitsandbytes: pip install bitsandbytes "
+                            "(or set optimizer: adamw).") from None
+        return bnb.optim.AdamW8bit(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

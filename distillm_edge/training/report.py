@@ -194,7 +194,7 @@ def probe_layers(source_model: torch.nn.Module, strategies: Sequence[str], examp
 
     out = []
     for strategy in strategies:
-        layers = select_layers(source_model.config.num_hidden_layers, strategy)
+        layers = select_layers(source_model.config.get_text_config().num_hidden_layers, strategy)
         student = build_student(source_model, layers).eval()
         out.append((strategy, len(layers), perplexity(student, examples, pad_id)))
         del student

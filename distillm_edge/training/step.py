@@ -6,6 +6,12 @@
 - :func:`distillation`: the teachers' KD losses combined (static or confidence weighting);
 - :func:`accumulate`: forward + backward of a step's micro-batches (DDP gradient sync only on
   the last one); returns the step's logged loss parts and token counts;
+- :func:`step_counts`: every loss term's denominator over the *whole* optimizer step, summed
+  over processes (one all-reduce). Each micro-batch divides its summed loss by these, so
+  ``grad_accum`` micro-batches on N processes give the gradient of one batch of all their
+  sequences: tokens weigh alike whatever the sequence lengths, and a per-sample (specialty)
+  weight counts at batch size 1 too. Under DDP, which averages gradients over processes, the
+  backpropagated loss is multiplied by the number of processes;
 - :func:`temperature`: the distillation temperature at a step.
 
 The trainer (``trainer.py``) owns the loop, the optimizer step and checkpoints; this module owns
@@ -27,29 +33,82 @@ if TYPE_CHECKING:
     from distillm_edge.training.trainer import Run
 
 
-def compute_loss(r: Run, batch: Batch, tau: float) -> dict[str, torch.Tensor]:
+def row_weights(r: Run, batch: Batch) -> torch.Tensor | None:
+    """Per-row loss weights [N] (each sample's specialty weight on its rows), or None (all 1)."""
+    from distillm_edge.training.losses import specialty_weights
+
+    if r.cfg.specialty_weights is None:
+        return None
+    per_sample = specialty_weights(batch.specialties, r.cfg.specialty_weights, r.specialty_counts, default=1.0)
+    return per_sample[batch.row_sample]
+
+
+def batch_counts(r: Run, batch: Batch) -> dict[str, float]:
+    """Each loss term's denominator in one micro-batch (what a per-batch mean would divide by).
+
+    ``rows``: summed row weights (CE, same-tokenizer KD, confidence-weighted KD); ``rows/<k>``: the
+    same over the rows aligned with cross-tokenizer teacher k; ``aligned/<k>``: those rows unweighted
+    (the vocabulary projection's CE); ``hidden``: rows compared by hidden-state alignment;
+    ``attention``: causal (query, key) pairs compared by attention alignment.
+    """
+    cfg = r.cfg
+    w = row_weights(r, batch)
+    w = torch.ones(batch.tokens) if w is None else w
+    out = {"rows": float(w.sum())}
+    for t in r.teachers:
+        if not t.same_tokenizer:
+            rows = batch.views[t.index].student_rows
+            out[f"rows/{t.index}"] = float(w[rows].sum())
+            out[f"aligned/{t.index}"] = float(rows.numel())
+    if r.hidden_map:
+        t = r.teachers[cfg.hidden.teacher]
+        out["hidden"] = float(batch.tokens if t.same_tokenizer else batch.views[t.index].student_rows.numel())
+    if r.attention_map:
+        t = r.teachers[cfg.attention.teacher]
+        n = batch.attention_mask.sum(1) if t.same_tokenizer else (batch.views[t.index].student_pos >= 0).sum(1)
+        out["attention"] = float((n * (n + 1) // 2).sum())
+    return out
+
+
+def step_counts(r: Run, batches: list[Batch]) -> dict[str, float]:
+    """:func:`batch_counts` summed over a step's micro-batches and over all processes."""
+    counts: dict[str, float] = {}
+    for batch in batches:
+        for k, v in batch_counts(r, batch).items():
+            counts[k] = counts.get(k, 0.0) + v
+    if r.accelerator.num_processes > 1:
+        keys = sorted(counts)  # the same keys on every process: they depend on the config only
+        total = r.accelerator.reduce(torch.tensor([counts[k] for k in keys], dtype=torch.float64,
+                                                  device=r.accelerator.device), reduction="sum")
+        counts = dict(zip(keys, total.tolist(), strict=True))
+    return counts
+
+
+def compute_loss(r: Run, batch: Batch, tau: float, counts: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """All loss terms of one micro-batch; ``loss`` is the total that is backpropagated.
 
+    ``counts``: the denominators of the whole step (:func:`step_counts`); each term is then this
+    micro-batch's share of the step's mean. None: this micro-batch's own means.
     Student logits are computed only at counted positions (``logits_to_keep=loss_mask``) and come
     back as flat rows [1, N, V]; every loss below works on those rows.
     """
-    from distillm_edge.training.alignment import attention_loss, hidden_state_loss, l2_penalty
-    from distillm_edge.training.losses import cross_entropy_loss, specialty_weights
+    from distillm_edge.training.alignment import attention_loss, hidden_state_loss
+    from distillm_edge.training.losses import cross_entropy_loss
 
     cfg, dev = r.cfg, r.accelerator.device
+    counts = counts if counts is not None else batch_counts(r, batch)
     out = r.student(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
                     logits_to_keep=batch.loss_mask.to(dev), output_hidden_states=bool(r.hidden_map) or None,
                     output_attentions=bool(r.attention_map) or None)
     vocab = out.logits.shape[-1]
     logits = out.logits.reshape(1, -1, vocab)
-    row_w = None
-    if cfg.specialty_weights is not None:  # per-sample weights, spread over each sample's rows
-        per_sample = specialty_weights(batch.specialties, cfg.specialty_weights, r.specialty_counts, default=1.0)
-        row_w = per_sample[batch.row_sample].view(1, -1).to(dev)
+    row_w = row_weights(r, batch)
+    row_w = None if row_w is None else row_w.view(1, -1).to(dev)
     parts: dict[str, torch.Tensor] = {}
     total = logits.new_zeros((), dtype=torch.float32)
     if cfg.kd_weight < 1.0:
-        parts["ce"] = cross_entropy_loss(logits, batch.targets.view(1, -1).to(dev), weights=row_w)
+        parts["ce"] = cross_entropy_loss(logits, batch.targets.view(1, -1).to(dev), weights=row_w,
+                                         normalizer=counts["rows"])
         total = total + (1.0 - cfg.kd_weight) * parts["ce"]
     if cfg.kd_weight > 0.0 or r.hidden_map or r.attention_map:
         outs = {t.index: teacher_forward(t, batch, student_vocab=vocab,
@@ -58,7 +117,7 @@ def compute_loss(r: Run, batch: Batch, tau: float) -> dict[str, torch.Tensor]:
                                          shared_only=cfg.cross_tokenizer.shared_only)
                 for t in r.teachers}
         if cfg.kd_weight > 0.0:
-            parts |= distillation(r, batch, logits, outs, row_w, tau)
+            parts |= distillation(r, batch, logits, outs, row_w, tau, counts)
             total = total + cfg.kd_weight * parts["kd"]
             for key in [k for k in parts if k.startswith("projection_ce/")]:  # trains the vocab projections only
                 total = total + parts[key]
@@ -67,33 +126,31 @@ def compute_loss(r: Run, batch: Batch, tau: float) -> dict[str, torch.Tensor]:
             view = None if t.same_tokenizer else batch.views[t.index]
             parts["hidden"] = hidden_state_loss(
                 out.hidden_states, outs[t.index].hidden_states, r.hidden_map, batch.loss_mask.to(dev),
-                projections=r.projections, positions=None if view is None else (view.student_pos.to(dev), view.teacher_pos.to(dev)))
+                projections=r.projections, positions=None if view is None else (view.student_pos, view.teacher_pos),
+                normalizer=counts["hidden"])
             total = total + cfg.hidden.weight * parts["hidden"]
         if r.attention_map:
             t = r.teachers[cfg.attention.teacher]
             view = None if t.same_tokenizer else batch.views[t.index]
             parts["attention"] = attention_loss(
                 out.attentions, outs[t.index].attentions, r.attention_map, batch.attention_mask.to(dev),
-                positions=None if view is None else (view.student_pos.to(dev), view.teacher_pos.to(dev)),
-                cross_tokenizer=view is not None, heads=cfg.attention.heads)
+                positions=None if view is None else (view.student_pos, view.teacher_pos),
+                cross_tokenizer=view is not None, heads=cfg.attention.heads, normalizer=counts["attention"])
             total = total + cfg.attention.weight * parts["attention"]
-    if r.l2_reference is not None:
-        params = r.optimizer.param_groups[0]["params"]  # not the vocabulary projections
-        parts["l2"] = l2_penalty(params, r.l2_reference)
-        total = total + cfg.l2_weight * parts["l2"]
-    parts["loss"] = total
+    parts["loss"] = total  # (L2-SP is applied once per optimizer step, as a gradient term: see train)
     return parts
 
 
 def distillation(r: Run, batch: Batch, logits: torch.Tensor, outs: dict, row_w: torch.Tensor | None,
-                 tau: float) -> dict[str, torch.Tensor]:
+                 tau: float, counts: dict[str, float]) -> dict[str, torch.Tensor]:
     """``kd``: the teachers' KD losses combined, and each teacher's own (``kd/<name>``, for the logs).
 
     A teacher with another tokenizer is compared on the shared vocabulary (+ ULD), or with
     ``cross_tokenizer.method: projection`` against its learned vocabulary projection, whose
     cross-entropy comes back as ``projection_ce/<name>`` (not detached: the caller adds it).
 
-    Static weighting: ``sum_k w_k KD_k`` (each KD_k a mean over the rows teacher k covers).
+    Static weighting: ``sum_k w_k KD_k`` (each KD_k a mean over the rows teacher k covers; the
+    denominators come from ``counts``).
     Confidence weighting: per row, teacher k gets ``c_k`` from its entropy (``losses.confidence_weights``,
     the static weights as prior); a cross-tokenizer teacher is only available at aligned rows.
     """
@@ -123,14 +180,16 @@ def distillation(r: Run, batch: Batch, logits: torch.Tensor, outs: dict, row_w: 
     for t in r.teachers:
         tl = outs[t.index].logits.to(dev)
         # static: teacher k's own weighted mean, scaled by w_k; confidence: per-row weights, one shared denominator
-        w, norm, scale = (row_w, None, t.weight) if conf is None else (base_w * conf[t.index], base_w.sum(), 1.0)
+        own = counts["rows"] if t.same_tokenizer else counts[f"rows/{t.index}"]
+        w, norm, scale = (row_w, own, t.weight) if conf is None else (base_w * conf[t.index], counts["rows"], 1.0)
         if t.same_tokenizer:
             part = kd_loss(logits, tl, weights=w, normalizer=norm, **common)
         elif r.vocab_projections is not None:
             view = batch.views[t.index]
             part, parts[f"projection_ce/{t.name}"] = projected_kd(
                 logits, tl, view.student_rows.view(1, -1).to(dev), view.teacher_rows.view(1, -1).to(dev),
-                r.vocab_projections[str(t.index)], batch.targets.view(1, -1).to(dev), weights=w, normalizer=norm, **common)
+                r.vocab_projections[str(t.index)], batch.targets.view(1, -1).to(dev), weights=w, normalizer=norm,
+                ce_normalizer=counts[f"aligned/{t.index}"], **common)
         else:
             view = batch.views[t.index]
             s_ids, t_ids = t.vocab_map
@@ -155,18 +214,21 @@ def temperature(cfg: TrainConfig, step: int, total_steps: int) -> float:
 def accumulate(r: Run, batches: list[Batch], tau: float) -> tuple[dict[str, float], int, int]:
     """Forward + backward over one optimizer step's micro-batches (gradients left in ``.grad``).
 
-    Returns (the step's loss parts, averaged over micro-batches; counted target tokens; input tokens).
+    Returns (the step's loss parts: this process's share of the step's means, to be summed over
+    processes; counted target tokens; input tokens).
     """
     acc, n = r.accelerator, len(batches)
+    counts = step_counts(r, batches)
+    scale = float(acc.num_processes)  # DDP averages gradients over processes; the losses are shares of one sum
     sums: dict[str, float] = {}
     tokens = seen = 0
     for a, batch in enumerate(batches):
         sync = a == n - 1
         with contextlib.nullcontext() if sync else acc.no_sync(r.student), acc.autocast():
-            parts = compute_loss(r, batch, tau)
-            acc.backward(parts["loss"] / n)
+            parts = compute_loss(r, batch, tau, counts)
+            acc.backward(parts["loss"] * scale if scale != 1.0 else parts["loss"])
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach()) / n
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
         tokens += batch.tokens
         seen += int(batch.attention_mask.sum())
     return sums, tokens, seen

@@ -212,8 +212,9 @@ def load_teacher_weights(teachers: list[Teacher], cfg: TrainConfig, device: torc
         model.eval().requires_grad_(False)
         t.model = model
         if t.vocab_map is not None:  # the shared-vocabulary head, used by shared_vocab without ULD
-            if model.config.vocab_size < int(t.vocab_map[1].max()) + 1:
-                raise ConfigError(f"teacher {t.spec}: its tokenizer has ids beyond the model's vocabulary ({model.config.vocab_size}).")
+            vocab = model.config.get_text_config().vocab_size  # (a multimodal Gemma-3 nests it in text_config)
+            if vocab < int(t.vocab_map[1].max()) + 1:
+                raise ConfigError(f"teacher {t.spec}: its tokenizer has ids beyond the model's vocabulary ({vocab}).")
             head = model.get_output_embeddings().weight
             if cfg.cross_tokenizer.shared_only and head.dtype.is_floating_point:
                 t.shared_head = head.detach()[t.vocab_map[1].to(head.device)]
@@ -244,7 +245,7 @@ def teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: boo
         out = base(input_ids=ids, attention_mask=mask, **extra)
         rows = out.last_hidden_state[keep.to(dev)]
         logits = (rows @ t.shared_head.T.to(rows.dtype)).unsqueeze(0)
-        cap = getattr(model.config, "final_logit_softcapping", None)
+        cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return TeacherOutput(logits, out.hidden_states, out.attentions, 0.0, shared_only=True)

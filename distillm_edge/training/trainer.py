@@ -29,7 +29,6 @@ Run: ``distillm-edge train`` (the ``tiny-cpu`` recipe). Test: ``pytest tests/tra
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -57,6 +56,9 @@ from distillm_edge.training.teachers import Teacher, load_teacher_weights, open_
 # (epochs and max_steps may change: an epoch's order depends only on the seed and its index.)
 RESUME_LOCKED = ("teachers", "student", "data", "max_length", "train_on_prompt", "curriculum", "max_train_examples",
                  "batch_size", "grad_accum", "seed", "lora", "hidden", "layer_map")
+# Loss settings: a resume that changes them is refused unless --allow-config-change (then logged).
+LOSS_SETTINGS = ("kd_weight", "divergence", "jsd_beta", "skew", "temperature", "teacher_weighting", "specialty_weights",
+                 "cross_tokenizer", "attention", "l2_weight")
 
 
 class TrainingStopped(UserError):
@@ -82,7 +84,7 @@ class Run:
     total_steps: int
     log: RunLog
     state: ckpt.TrainState = field(default_factory=ckpt.TrainState)
-    initial_student: torch.nn.Module | None = None  # for the "before" column (None with LoRA: adapters disabled)
+    before: dict | None = None  # held-out Scores of the student before training (main process), by name
     hidden_map: dict[int, int] = field(default_factory=dict)  # student hidden_states index -> teacher's
     attention_map: dict[int, int] = field(default_factory=dict)  # student block -> teacher block
     l2_reference: list[torch.Tensor] | None = None
@@ -91,9 +93,12 @@ class Run:
     setup_seconds: float = 0.0
 
 
-def run(cfg: TrainConfig, *, resume: bool = False) -> Path:
-    """Train according to ``cfg``; returns the run directory."""
-    r = setup(cfg, resume=resume)
+def run(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool = False) -> Path:
+    """Train according to ``cfg``; returns the run directory.
+
+    ``allow_config_change``: a resume may change the loss settings (``LOSS_SETTINGS``); the change is logged.
+    """
+    r = setup(cfg, resume=resume, allow_config_change=allow_config_change)
     try:
         train(r)
         finish(r)
@@ -111,16 +116,35 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(locked, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_directory(cfg: TrainConfig, resume: bool) -> Path:
+def loss_settings(cfg: TrainConfig) -> dict:
+    """The ``LOSS_SETTINGS`` of ``cfg`` as flat ``{dotted.key: value}`` (recorded in every checkpoint)."""
+    def flat(prefix: str, value) -> dict:
+        if isinstance(value, dict) and value:
+            return {k: v for key, sub in value.items() for k, v in flat(f"{prefix}.{key}", sub).items()}
+        return {prefix: list(value) if isinstance(value, tuple) else value}
+
+    return {k: v for name, value in to_dict(cfg).items() if name in LOSS_SETTINGS for k, v in flat(name, value).items()}
+
+
+def run_directory(cfg: TrainConfig, resume: bool, allow_config_change: bool = False) -> tuple[Path, dict]:
+    """The run directory, checked against a resumed run's checkpoint; and the loss settings that changed."""
     run_dir = Path(cfg.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
+    changed: dict = {}
     if resume:
         saved = json.loads((ckpt.latest_checkpoint(run_dir) / "state.json").read_text(encoding="utf-8"))
         if saved.get("config_hash") != config_hash(cfg):
             raise ConfigError(f"--resume {run_dir}: the config differs from the run's in a field that changes the data or "
                               f"model ({', '.join(RESUME_LOCKED)}); resume without such overrides.")
+        old, new = saved.get("loss_settings") or {}, loss_settings(cfg)
+        changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old and old.get(k) != new.get(k)}
+        if changed and not allow_config_change:
+            listed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            raise ConfigError(f"--resume {run_dir}: the loss settings differ from the run's ({listed}); the resumed steps "
+                              "would optimize another objective. Drop those overrides, or pass --allow-config-change to "
+                              "continue with them (the change is logged in metrics.jsonl).")
     elif ckpt.list_checkpoints(run_dir) or (run_dir / "model").exists():
         raise UserError(f"--out {run_dir}: a run is already there; continue it with --resume {run_dir}, or choose another --out.")
-    return ensure_dir(run_dir)
+    return ensure_dir(run_dir), changed
 
 
 def prepared_data(cfg: TrainConfig, tokenizer) -> Path:
@@ -159,6 +183,11 @@ def load_examples(cfg: TrainConfig, tokenizer, teachers: list[Teacher], log: Run
     return train, valid
 
 
+def text_config(model):
+    """The config holding vocab_size/num_hidden_layers/hidden_size (``text_config`` of a multimodal Gemma-3)."""
+    return model.config.get_text_config()
+
+
 def build_student(cfg: TrainConfig, device, attn_implementation: str | None, reuse: dict):
     """The student model before LoRA/Accelerate: cut from ``student.model`` or loaded as is."""
     from distillm_edge.models import LoadOptions, load_model, select_layers
@@ -172,7 +201,7 @@ def build_student(cfg: TrainConfig, device, attn_implementation: str | None, reu
         source = reuse.get(sc.model)
         if source is None:
             source, _ = load_model(sc.model, LoadOptions(dtype=sc.dtype, device="cpu"), progress=False)
-        student = cut(source, select_layers(source.config.num_hidden_layers, sc.layers)).to(device)
+        student = cut(source, select_layers(text_config(source).num_hidden_layers, sc.layers)).to(device)
     if attn_implementation and hasattr(student, "set_attn_implementation"):
         student.set_attn_implementation(attn_implementation)
     student.config.use_cache = False
@@ -203,11 +232,11 @@ def layer_maps(cfg: TrainConfig, student, teachers: list[Teacher]) -> tuple[dict
     if not blocks:
         raise ConfigError("layer_map: the student has no stored layer map (it was not cut from a teacher by "
                           "student.layers); give layer_map: {student_layer: teacher_layer, ...}.")
-    n_student = student.config.num_hidden_layers
+    n_student = text_config(student).num_hidden_layers
 
     def checked(section: str, teacher_index: int, pairs: dict[int, int]) -> dict[int, int]:
         t = teachers[teacher_index]
-        n_teacher = t.model.config.num_hidden_layers
+        n_teacher = text_config(t.model).num_hidden_layers
         for s, tl in pairs.items():
             if not (0 <= s < n_student and 0 <= tl < n_teacher):
                 raise ConfigError(f"{section}: student layer {s} -> teacher layer {tl} is out of range (the student has "
@@ -226,20 +255,28 @@ def layer_maps(cfg: TrainConfig, student, teachers: list[Teacher]) -> tuple[dict
     return hidden, attention
 
 
-def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
+def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool = False) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers.utils import logging as hf_logging
 
     from distillm_edge.models import load_tokenizer
     from distillm_edge.training.alignment import make_projections
+    from distillm_edge.training.evaluation import evaluate_before
+    from distillm_edge.training.precision import make_optimizer
     from distillm_edge.training.schedules import lr_lambda
 
     started = time.perf_counter()
     hf_logging.disable_progress_bar()  # our own bars and log lines only
-    run_dir = run_directory(cfg, resume)
+    run_dir, changed = run_directory(cfg, resume, allow_config_change)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=not torch.cuda.is_available())
     log = RunLog(run_dir, cfg, enabled=accelerator.is_main_process)
+    log.say(f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}), device {accelerator.device}, "
+            f"mixed precision {accelerator.mixed_precision}")
+    if changed:
+        log.say("[yellow]--allow-config-change: resuming with other loss settings: "
+                + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) + "[/]")
+        log.event("config_change", {"changed": changed})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -264,36 +301,39 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
              if tc.quantization == "none" and tc.device is None and tc.device_map is None and tc.dtype == cfg.student.dtype}
     student = build_student(cfg, accelerator.device, attn, reuse)
     del reuse
-    initial = None
-    if valid_examples and cfg.lora is None:
-        initial = copy.deepcopy(student).eval().requires_grad_(False)
+    before = None  # the "before" column, measured now rather than from a copy of the student kept through training
+    if valid_examples and accelerator.is_main_process:
+        before = evaluate_before(student, teachers, valid_examples, pad_id(tokenizer), log)
     hidden_map, attention_map = layer_maps(cfg, student, teachers)
     if cfg.lora is not None:
         student = add_lora(cfg, student)
     elif cfg.freeze_embeddings:
         student.get_input_embeddings().requires_grad_(False)
         student.get_output_embeddings().requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     projections = None
     if hidden_map:
-        t_width = teachers[cfg.hidden.teacher].model.config.hidden_size
-        projections = make_projections(hidden_map, student.config.hidden_size, t_width).to(accelerator.device)
+        t_width = teachers[cfg.hidden.teacher].model.config.get_text_config().hidden_size
+        projections = make_projections(hidden_map, text_config(student).hidden_size, t_width).to(accelerator.device)
     trainable = [p for p in student.parameters() if p.requires_grad]
     if projections is not None:
         trainable += list(projections.parameters())
-    vocab_projections = make_vocab_projections(cfg, teachers, student.config.vocab_size, log)
+    vocab_projections = make_vocab_projections(cfg, teachers, text_config(student).vocab_size, log)
     if vocab_projections is not None:
         vocab_projections.to(accelerator.device)
     n_train = sum(p.numel() for p in trainable)
     n_all = sum(p.numel() for p in student.parameters())
-    log.say(f"student: {student.config.num_hidden_layers} layers"
+    log.say(f"student: {text_config(student).num_hidden_layers} layers"
             + (f" ({cfg.student.layers} of {cfg.student.model})" if cfg.student.layers else f" ({cfg.student.model})")
             + f", {n_all / 1e6:.1f}M parameters, {n_train / 1e6:.1f}M trainable")
-    l2_reference = [p.detach().clone() for p in trainable] if cfg.l2_weight > 0 else None
+    # L2-SP reference: off the accelerator (fp32 on the CPU), used once per optimizer step
+    l2_reference = [p.detach().to("cpu", copy=True) for p in trainable] if cfg.l2_weight > 0 else None
 
     groups = [{"params": trainable}]  # group 0: the student (+ hidden projections): clipped together, L2-SP
     if vocab_projections is not None:  # group 1: trained by their own cross-entropy, clipped on their own
         groups.append({"params": list(vocab_projections.parameters())})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, groups)
     world = accelerator.num_processes
     plan = micro_batches(train_examples, cfg.batch_size, seed=cfg.seed, curriculum=cfg.curriculum, epochs=cfg.epochs)
     total_steps = len(plan) // (cfg.grad_accum * world)
@@ -305,13 +345,11 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
     decay = "constant" if cfg.min_lr_ratio == 1.0 else "cosine"
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(warmup_steps=cfg.warmup_steps, total_steps=total_steps, decay=decay, min_ratio=cfg.min_lr_ratio))
-    if projections is not None and any(True for _ in projections.parameters()):
-        student, projections, optimizer = accelerator.prepare(student, projections, optimizer)
-    else:
-        student, optimizer = accelerator.prepare(student, optimizer)
+    # the projections stay out of prepare (a DDP-wrapped ModuleDict cannot be indexed): train syncs their gradients
+    student, optimizer = accelerator.prepare(student, optimizer)
 
     r = Run(cfg, run_dir, accelerator, tokenizer, student, teachers, projections, optimizer, scheduler,
-            train_examples, valid_examples, plan, total_steps, log, initial_student=initial,
+            train_examples, valid_examples, plan, total_steps, log, before=before,
             hidden_map=hidden_map, attention_map=attention_map, l2_reference=l2_reference,
             vocab_projections=vocab_projections)
     if cfg.specialty_weights is not None:
@@ -319,10 +357,11 @@ def setup(cfg: TrainConfig, *, resume: bool = False) -> Run:
         for e in train_examples:
             counts[e.specialty] = counts.get(e.specialty, 0) + 1
         r.specialty_counts = counts
-    r.state.config_hash = config_hash(cfg)
+    r.state.config_hash, r.state.loss_settings = config_hash(cfg), loss_settings(cfg)
     if resume:
         path = ckpt.latest_checkpoint(run_dir)
         r.state = state = ckpt.load_checkpoint(path, modules(r), optimizer, scheduler)
+        state.loss_settings = loss_settings(cfg)  # later checkpoints record the settings they were trained with
         log.say(f"resumed from {path} (step {state.step}, micro-batch {state.micro})")
     r.setup_seconds = time.perf_counter() - started
     return r
@@ -332,7 +371,7 @@ def modules(r: Run) -> dict[str, torch.nn.Module]:
     """The modules whose trainable tensors a checkpoint holds (unwrapped from DDP)."""
     out = {"student": r.accelerator.unwrap_model(r.student)}
     if r.projections is not None:
-        out["projections"] = r.accelerator.unwrap_model(r.projections)
+        out["projections"] = r.projections
     if r.vocab_projections is not None:
         out["vocab_projections"] = r.vocab_projections
     return out
@@ -343,8 +382,8 @@ def make_vocab_projections(cfg: TrainConfig, teachers: list[Teacher], student_vo
     """``cross_tokenizer.method: projection``: one learned teacher->student vocabulary projection per
     teacher with another tokenizer, keyed by teacher index; None with the default shared_vocab method.
 
-    They stay out of ``accelerator.prepare`` (a DDP-wrapped ModuleDict cannot be indexed); ``train``
-    averages their gradients over processes itself.
+    Like the hidden-state projections they stay out of ``accelerator.prepare`` (a DDP-wrapped
+    ModuleDict cannot be indexed); ``train`` averages their gradients over processes itself.
     """
     from distillm_edge.training.cross_tokenizer import make_vocab_projection
 
@@ -357,9 +396,10 @@ def make_vocab_projections(cfg: TrainConfig, teachers: list[Teacher], student_vo
         return None
     out = torch.nn.ModuleDict()
     for t in cross:
-        proj = make_vocab_projection(t.model.config.vocab_size, student_vocab, rank=ct.projection_rank, top_k=ct.projection_top_k)
+        t_vocab = t.model.config.get_text_config().vocab_size
+        proj = make_vocab_projection(t_vocab, student_vocab, rank=ct.projection_rank, top_k=ct.projection_top_k)
         out[str(t.index)] = proj
-        log.say(f"teacher {t.name}: learned vocabulary projection {t.model.config.vocab_size:,} -> {student_vocab:,} "
+        log.say(f"teacher {t.name}: learned vocabulary projection {t_vocab:,} -> {student_vocab:,} "
                 f"(top-{proj.top_k}, rank {ct.projection_rank}, {sum(p.numel() for p in proj.parameters()) / 1e6:.1f}M "
                 "parameters), for comparison with the shared-vocabulary KL")
     return out
@@ -369,12 +409,15 @@ def make_vocab_projections(cfg: TrainConfig, teachers: list[Teacher], student_vo
 
 
 def train(r: Run) -> None:
+    from distillm_edge.training.alignment import l2_sp_gradient_
+
     cfg, acc, state = r.cfg, r.accelerator, r.state
     world, rank = acc.num_processes, acc.process_index
     pads = {t.index: t.pad_id for t in r.teachers if not t.same_tokenizer}
     student_pad = pad_id(r.tokenizer)
-    params = r.optimizer.param_groups[0]["params"]
+    params = r.optimizer.param_groups[0]["params"]  # the student (+ hidden projections)
     vocab_params = [p for group in r.optimizer.param_groups[1:] for p in group["params"]]  # vocabulary projections
+    unwrapped = vocab_params + ([] if r.projections is None else list(r.projections.parameters()))  # not DDP-synced
     r.student.train()
     r.log.start(r.total_steps, state.step)
     started, base_elapsed = time.perf_counter(), state.elapsed
@@ -386,37 +429,41 @@ def train(r: Run) -> None:
             tau = temperature(cfg, state.step, r.total_steps)
             batches = step_batches(r, state.micro, world, rank, pads, student_pad)
             sums, tokens, seen = accumulate(r, batches, tau)
-            if world > 1:  # the vocabulary projections are not DDP-wrapped: average their gradients here
-                for p in vocab_params:
+            if world > 1:  # modules outside DDP: average their gradients here; losses: sum the processes' shares
+                for p in unwrapped:
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
                         p.grad.div_(world)
-            grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))  # (unscales every group under fp16)
+                keys = sorted(sums)
+                total = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device), reduction="sum")
+                sums = dict(zip(keys, total.tolist(), strict=True))
+            if r.l2_reference is not None:  # L2-SP: its gradient 2 w (p - p0), once per step, no graph
+                sums["l2"] = l2_sp_gradient_(params, r.l2_reference, cfg.l2_weight)
+                sums["loss"] += cfg.l2_weight * sums["l2"]
+            grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
             vocab_norm = 0.0  # vocabulary projections: clipped on their own, their CE must not shrink the student's step
             if vocab_params:
                 vocab_norm = float(torch.nn.utils.clip_grad_norm_(vocab_params, cfg.max_grad_norm))
-            if world > 1:  # log the mean over processes; every process then agrees on skipping
-                keys = sorted(sums)
-                mean = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device), reduction="mean")
-                sums = dict(zip(keys, mean.tolist(), strict=True))
             finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm) and math.isfinite(vocab_norm)
-            if finite:
-                r.optimizer.step()
-                state.bad_in_row = 0
-            else:
-                state.bad_steps += 1
-                state.bad_in_row += 1
-            r.optimizer.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():  # a skipped step advances the schedule without an optimizer step
-                warnings.simplefilter("ignore", UserWarning)
-                r.scheduler.step()
-            state.step += 1
-            state.micro += cfg.grad_accum * world
-            state.tokens += tokens * world
-            dt = time.perf_counter() - step_start
-            state.elapsed = base_elapsed + time.perf_counter() - started
-            r.log.step(state, sums, tau=tau, lr=r.scheduler.get_last_lr()[0], grad_norm=grad_norm,
-                       tokens_per_s=seen * world / dt, skipped=not finite)
+            with ckpt.interrupts_deferred():  # a Ctrl-C in here lands once the step is counted: never applied twice
+                if finite:
+                    r.optimizer.step()
+                    state.bad_in_row = 0
+                else:
+                    state.bad_steps += 1
+                    state.bad_in_row += 1
+                r.optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # a skipped step advances the schedule without an optimizer step
+                    warnings.simplefilter("ignore", UserWarning)
+                    r.scheduler.step()
+                state.step += 1
+                state.micro += cfg.grad_accum * world
+                state.tokens += tokens * world
+                rng = None  # from here a checkpoint records the current RNG state: the next step starts there
+                dt = time.perf_counter() - step_start
+                state.elapsed = base_elapsed + time.perf_counter() - started
+                r.log.step(state, sums, tau=tau, lr=r.scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                           tokens_per_s=seen * world / dt, skipped=not finite)
             if not finite and state.bad_in_row >= cfg.max_bad_steps:
                 path = save(r)
                 bad = ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
@@ -505,6 +552,6 @@ def save_vocab_projections(r: Run) -> list[Path]:
 
 def cleanup(r: Run) -> None:
     r.log.close()
-    r.initial_student = None
+    r.before = None
     for t in r.teachers:
         t.model = None

@@ -94,3 +94,13 @@ def tiny_wide_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out)
     smollm2_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Accelerate keeps one AcceleratorState per process; a run with another mixed precision needs it cleared."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()

@@ -33,7 +33,9 @@ def test_research_recipes_keep_the_research_hyperparameters():
         cfg = resolve_config(name)
         assert (cfg.batch_size, cfg.grad_accum, cfg.lr, cfg.max_length, cfg.warmup_steps, cfg.epochs) == (1, 40, 1e-6, 1024, 1000, 6)
         assert (cfg.temperature.initial, cfg.temperature.floor) == (8.0, 1.0)
-        assert all(t.quantization == "nf4" for t in cfg.teachers) and cfg.student.dtype == "bfloat16"
+        assert all(t.quantization == "nf4" for t in cfg.teachers) and cfg.precision == "bf16"
+        # full fine-tuning: fp32 master weights under bf16 autocast; QLoRA: a frozen bf16/NF4 base
+        assert cfg.student.dtype == ("bfloat16" if cfg.lora is not None else "float32"), name
     assert resolve_config("medgemma-curriculum-qlora").lora is not None
     assert resolve_config("medgemma-curriculum-qlora").curriculum
     assert [t.weight for t in resolve_config("multi-teacher").teachers] == [0.6, 0.4]

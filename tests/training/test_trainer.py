@@ -145,8 +145,8 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_llama_dir, tiny_da
     original = step.compute_loss
     bad_steps: set[int] = {2}
 
-    def poisoned(r, batch, tau):
-        parts = original(r, batch, tau)
+    def poisoned(r, batch, tau, counts=None):
+        parts = original(r, batch, tau, counts)
         if r.state.step + 1 in bad_steps:
             parts["loss"] = parts["loss"] * float("nan")
         return parts
