@@ -20,9 +20,19 @@ import numpy as np
 
 from distillm_edge.errors import UserError
 
-# HF architecture -> llama.cpp architecture. Mistral is the Llama graph (no sliding window used in
-# llama.cpp's llama arch; identical for contexts shorter than the window).
+# HF architecture -> llama.cpp architecture, for our GGUF writer. Mistral is the Llama graph (no
+# sliding window used in llama.cpp's llama arch; identical for contexts shorter than the window).
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
+# what ONNX Runtime GenAI's model builder converts and our parity check has proven (tests/export)
+ONNX_ARCHITECTURES = (*SUPPORTED_ARCHITECTURES, "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM")
+# builder-supported but not offered, and why
+ONNX_NOT_YET = {
+    "Gemma3ForCausalLM": (
+        "the builder (onnxruntime-genai 0.18) reads Gemma-3's RoPE in transformers 4's flat form (KeyError "
+        "'rope_type' on transformers 5 configs), and its sliding-window GroupQueryAttention needs a KV cache "
+        "preallocated to the window, which distillm-edge's ONNX backend does not keep yet, so no parity can be proven"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,8 @@ class Checkpoint:
                     yield name, fh.get_tensor(name).to(torch.float32).numpy()
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint directory, or raise UserError saying what is missing or unsupported."""
+def open_checkpoint(path: str | Path, fmt: str = "gguf") -> Checkpoint:
+    """Read a checkpoint directory, or raise UserError saying what is missing or unsupported for ``fmt``."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -92,16 +102,27 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             "Re-save the model with save_pretrained(safe_serialization=True)."
         )
     ckpt = Checkpoint(path=path, config=config, weight_files=files)
-    check_supported(ckpt)
+    check_supported(ckpt, fmt)
     return ckpt
 
 
-def check_supported(ckpt: Checkpoint) -> None:
+def check_supported(ckpt: Checkpoint, fmt: str = "gguf") -> None:
     arch = ckpt.architecture
+    what = f"architecture '{arch}' (model_type '{ckpt.config.get('model_type')}')"
+    if fmt == "onnx":
+        if arch in ONNX_NOT_YET:
+            raise UserError(f"{ckpt.path}: {what} is not offered for ONNX export yet: {ONNX_NOT_YET[arch]}. "
+                            "Use --format gguf with a GGUF made by llama.cpp's convert_hf_to_gguf.py.")
+        if arch not in ONNX_ARCHITECTURES:
+            raise UserError(f"{ckpt.path}: {what} cannot be exported to ONNX here. Supported: {', '.join(ONNX_ARCHITECTURES)}.")
+        return
     if arch not in SUPPORTED_ARCHITECTURES:
+        onnx_hint = " or use --format onnx, which supports it" if arch in ONNX_ARCHITECTURES else ""
         raise UserError(
-            f"{ckpt.path}: architecture '{arch}' (model_type '{ckpt.config.get('model_type')}') cannot be exported. "
-            f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)} (the Llama family, e.g. SmolLM2 students)."
+            f"{ckpt.path}: {what} cannot be written as GGUF by distillm-edge, which writes the Llama family "
+            f"({', '.join(SUPPORTED_ARCHITECTURES)}). Convert it with llama.cpp's own converter, "
+            f"convert_hf_to_gguf.py {ckpt.path} --outtype f16 --outfile model.gguf (then pass model.gguf to "
+            f"eval/bench){onnx_hint}."
         )
     rope_type = ckpt.rope()["rope_type"]
     if rope_type not in ("default", "linear", "llama3"):

@@ -60,8 +60,8 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), console=console, transient=False)
 
 
-def source_checkpoint(spec: str) -> tuple[Checkpoint, str]:
-    """The checkpoint behind ``spec`` and a short name for output files."""
+def source_checkpoint(spec: str, fmt: str = "gguf") -> tuple[Checkpoint, str]:
+    """The checkpoint behind ``spec`` (checked exportable to ``fmt``) and a short name for output files."""
     from distillm_edge.models.sources import local_dir, resolve
 
     source = resolve(spec)
@@ -71,7 +71,7 @@ def source_checkpoint(spec: str) -> tuple[Checkpoint, str]:
         raise UserError(f"{spec} is already an ONNX export; point --model at the Hugging Face checkpoint it came from.")
     path = Path(local_dir(spec))
     name = source.spec if source.kind == "embedded" else path.name
-    return open_checkpoint(path), name
+    return open_checkpoint(path, fmt), name
 
 
 def parameter_counts(ckpt: Checkpoint) -> tuple[int, int]:
@@ -87,7 +87,7 @@ def parameter_counts(ckpt: Checkpoint) -> tuple[int, int]:
 
 def list_quants(cfg: ExportConfig) -> Table:
     """A table of every output type with its approximate size for ``cfg.model``."""
-    ckpt, name = source_checkpoint(cfg.model)
+    ckpt, name = source_checkpoint(cfg.model, cfg.format)
     two, one = parameter_counts(ckpt)
     table = Table(title=f"export types for {name} ({(two + one) / 1e6:.1f}M parameters)")
     for col in ("--format", "--quant", "made by", "≈ bits/weight", "≈ size", "verified by"):
@@ -208,7 +208,7 @@ def run(cfg: ExportConfig, reference=None) -> ExportResult:
     """Export, verify and write the manifest (``reference``: a reused ``parity.Reference``)."""
     from transformers import AutoTokenizer
 
-    ckpt, name = source_checkpoint(cfg.model)
+    ckpt, name = source_checkpoint(cfg.model, cfg.format)
     tokenizer = AutoTokenizer.from_pretrained(ckpt.path)
     two, one = parameter_counts(ckpt)
     started = time.perf_counter()

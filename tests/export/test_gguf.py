@@ -132,7 +132,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path):
     cfg = Gemma3TextConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                            num_attention_heads=2, num_key_value_heads=1, head_dim=16)
     Gemma3ForCausalLM(cfg).save_pretrained(tmp_path)
-    with pytest.raises(UserError, match=r"Gemma3ForCausalLM.*cannot be exported.*Supported: LlamaForCausalLM"):
+    with pytest.raises(UserError, match=r"Gemma3ForCausalLM.*cannot be written as GGUF.*LlamaForCausalLM.*convert_hf_to_gguf"):
         open_checkpoint(tmp_path)
 
 
