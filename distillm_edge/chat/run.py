@@ -12,14 +12,14 @@ from __future__ import annotations
 from distillm_edge.chat.config import ChatConfig, default_db_path
 
 
-def open_chat_backend(model: str, backend: str = "auto"):
+def open_chat_backend(model: str, backend: str = "auto", **options):
     """``open_backend``, except that ``auto`` runs an embedded model's shipped GGUF (the chat default)."""
     from distillm_edge.backends import open_backend
     from distillm_edge.models.sources import resolve
 
     if backend == "auto" and resolve(model).kind == "embedded":
         backend = "gguf"
-    return open_backend(model, backend)
+    return open_backend(model, backend, **options)
 
 
 def run(cfg: ChatConfig) -> None:

@@ -10,6 +10,7 @@ Test: ``pytest tests/chat/test_chat_app.py``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from textual import work
@@ -40,6 +41,7 @@ from distillm_edge.chat.widgets.header import ChatHeader, short_model_name
 from distillm_edge.chat.widgets.message import MessageView
 from distillm_edge.chat.widgets.status import StatusLine
 
+REFRESH_S = 1 / 10  # at most 10 screen updates a second while streaming
 DRAFT_KEYS = ("approve", "edit", "reject", "regenerate")
 IDLE_ONLY = ("new", "conversations", "export", "settings")
 
@@ -175,6 +177,7 @@ class ChatScreen(Screen):
             self.action_help()
 
     def _start(self, turn: Turn) -> None:
+        self.generate(turn)  # first, so the model starts its prefill while the screen updates
         if self.draft_view is not None:
             self.draft_view.remove()
         self.draft_view = DraftView()
@@ -188,16 +191,25 @@ class ChatScreen(Screen):
         self.status.show("Generating a draft… Esc cancels.", notice=notice, kind="busy")
         self._show_context()
         self.refresh_bindings()
-        self.generate(turn)
 
     @work(thread=True, group="generate", exit_on_error=False)
     def generate(self, turn: Turn) -> None:
+        """Stream the draft. The first text is posted at once; later text at most every
+        ``REFRESH_S`` (pieces that arrive sooner are joined), so rendering never takes the CPU
+        the model needs, however fast it decodes."""
+        pending, last_post = "", 0.0
         try:
             for delta in self.session.stream(turn):
-                self.post_message(DraftDelta(turn, delta.text))
+                pending += delta.text
+                now = time.perf_counter()
+                if now - last_post >= REFRESH_S:
+                    self.post_message(DraftDelta(turn, pending))
+                    pending, last_post = "", now
         except Exception as exc:  # shown on screen; the session drops the turn
             self.post_message(GenerationFailed(turn, f"{type(exc).__name__}: {exc}"))
             return
+        if pending:
+            self.post_message(DraftDelta(turn, pending))
         self.post_message(GenerationDone(turn))
 
     async def on_draft_delta(self, message: DraftDelta) -> None:

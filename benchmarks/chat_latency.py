@@ -1,0 +1,145 @@
+"""Benchmark: chat's time from Enter to the first visible token vs the backend's own time to first
+token, and the on-screen streaming rate vs the backend's decode rate — side by side, one run.
+
+For the same prompt (the chat template over the system prompt and one question, greedy decoding so
+both paths produce the same tokens), each repeat measures:
+
+- **backend**: ``backend.stream(prompt_ids)`` called directly — TTFT = call → first token id;
+  decode rate = (tokens − 1) / (last token − first token).
+- **app**: the real Textual app (headless, 80x24, driven by the pilot) — TTFT = the moment Enter is
+  pressed → the first draft text is on screen (``DraftView.first_shown_at``: after the screen
+  refreshed with it); rate = (tokens − 1) / (last text on screen − first text on screen). This
+  includes everything the chat does: context fit, red-flag check, worker start, detokenization,
+  message passing, Markdown rendering.
+
+llama.cpp keeps the KV cache of its last sequence and reuses a common prefix, so before every
+measured run (both paths) an unrelated text is scored to flush it: each run prefills the whole
+prompt. The two paths alternate order per repeat; medians over ``--repeats`` are printed with
+their ratio (target: app TTFT within 10% of the backend's), and the load average beside them.
+
+Run: ``python benchmarks/chat_latency.py`` (embedded SmolLM2 GGUF; ``--model/--backend`` for
+others, ``--repeats 7 --max-tokens 48 --threads 1``). The second table line, "chat overhead", is
+the robust figure on a loaded machine: it subtracts, inside each app run, the backend's own TTFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from distillm_edge.backends.generate import GenerationSettings
+from distillm_edge.chat.app import build_app
+from distillm_edge.chat.config import DEFAULT_SYSTEM_PROMPT
+from distillm_edge.chat.run import open_chat_backend
+from distillm_edge.chat.session import ChatSession, State
+from distillm_edge.chat.store import ConversationStore
+from distillm_edge.chat.widgets.draft import DraftView
+from distillm_edge.safety.audit import AuditLog
+from distillm_edge.safety.redflags import load_rules
+
+QUESTION = "What are the first-line treatments for high blood pressure in adults?"
+FLUSH = "An unrelated sentence about the weather, scored to push the prompt out of the KV cache."
+
+
+def flush(backend) -> None:
+    backend.token_logprobs(backend.tokenize(FLUSH))
+
+
+def backend_run(backend, prompt_ids: list[int], max_tokens: int) -> dict:
+    flush(backend)
+    started = time.perf_counter()
+    stamps = []
+    for _ in backend.stream(prompt_ids, max_tokens, temperature=0.0):
+        stamps.append(time.perf_counter())
+    return {"ttft": stamps[0] - started, "tokens": len(stamps),
+            "rate": (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")}
+
+
+async def app_run(pilot, session: ChatSession) -> dict:
+    screen = pilot.app.chat
+    screen.input.value = ""  # Esc on the last draft put its question back
+    await pilot.press(*QUESTION)
+    flush(session.backend)
+    started = time.perf_counter()
+    await pilot.press("enter")
+    while session.state is not State.DRAFT:
+        await asyncio.sleep(0.05)  # the timestamps come from the app; polling slowly leaves it the CPU
+    await pilot.pause(0.05)  # let the last refresh land
+    view = screen.query_one(DraftView)
+    worker = session.draft.turn.result  # stream_text's own clock, in the generation worker
+    tokens = worker.completion_tokens
+    result = {"ttft": view.first_shown_at - started, "tokens": tokens,
+              "rate": (tokens - 1) / (view.last_shown_at - view.first_shown_at) if tokens > 1 else float("nan"),
+              "worker_ttft": worker.ttft_s,
+              "worker_rate": (tokens - 1) / (worker.total_s - worker.ttft_s) if tokens > 1 else float("nan")}
+    await pilot.press("escape")  # cancel the draft: the next repeat sends the same prompt again
+    while session.state is not State.IDLE:
+        await pilot.pause(0.005)
+    return result
+
+
+async def main(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = open_chat_backend(args.model, args.backend, **({"threads": args.threads} if args.threads else {}))
+        settings = GenerationSettings(max_new_tokens=args.max_tokens, temperature=0.0)
+        session = ChatSession(lambda: backend, load_rules(), AuditLog(Path(tmp) / "audit.sqlite3"),
+                              ConversationStore(Path(tmp) / "chat.sqlite3"), DEFAULT_SYSTEM_PROMPT, settings,
+                              clinician="benchmark")
+        session.load()
+        prompt_ids = backend.chat_ids([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                                       {"role": "user", "content": QUESTION}])
+        info = backend.info
+        print(f"model {info.model} · {info.backend} {info.dtype} · {info.threads} threads · prompt "
+              f"{len(prompt_ids)} tokens · up to {args.max_tokens} new tokens · {args.repeats} repeats")
+        rows = {"backend": [], "app": []}
+        async with build_app(session, model_label=args.model, export_dir=tmp).run_test(size=(80, 24)) as pilot:
+            while session.state is not State.IDLE:
+                await pilot.pause(0.01)
+            await app_run(pilot, session)  # warm-up (first Markdown render, worker pool)
+            backend_run(backend, prompt_ids, args.max_tokens)
+            for r in range(args.repeats):
+                order = ("backend", "app") if r % 2 == 0 else ("app", "backend")
+                for path in order:
+                    rows[path].append(backend_run(backend, prompt_ids, args.max_tokens) if path == "backend"
+                                      else await app_run(pilot, session))
+        assert all(row["tokens"] == rows["backend"][0]["tokens"] for rows_ in rows.values() for row in rows_), \
+            "greedy runs should produce the same number of tokens on both paths"
+
+    def med(path, key):
+        return statistics.median(row[key] for row in rows[path])
+
+    ttft_b, ttft_w, ttft_a = med("backend", "ttft"), med("app", "worker_ttft"), med("app", "ttft")
+    rate_b, rate_w, rate_a = med("backend", "rate"), med("app", "worker_rate"), med("app", "rate")
+    print(f"{'median of ' + str(args.repeats):26}{'backend':>10}{'app: worker':>13}{'app: screen':>13}"
+          f"{'screen/backend':>16}")
+    print(f"{'time to first token, ms':26}{ttft_b * 1000:10.1f}{ttft_w * 1000:13.1f}{ttft_a * 1000:13.1f}"
+          f"{ttft_a / ttft_b:16.3f}")
+    print(f"{'tokens/s after the first':26}{rate_b:10.1f}{rate_w:13.1f}{rate_a:13.1f}{rate_a / rate_b:16.3f}")
+    for path in ("backend", "app"):
+        print(f"  per-repeat TTFT ms, {path:8}{[round(r['ttft'] * 1000, 1) for r in rows[path]]}")
+    # What the chat adds, measured within each app run (so the load's effect on the model cancels):
+    # Enter -> on screen, minus the backend's own call -> first token inside that same run.
+    overhead = statistics.median(r["ttft"] - r["worker_ttft"] for r in rows["app"])
+    print(f"chat overhead to the first visible token: median {overhead * 1000:.1f} ms per run = "
+          f"{overhead / ttft_w:.1%} of the backend's TTFT in the same runs (target <= 10%); "
+          f"screen/backend medians {ttft_a / ttft_b - 1:+.1%}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="backend threads (0: the backend's default)")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.max_tokens < 2:
+        sys.exit("--repeats must be >= 1 and --max-tokens >= 2")
+    asyncio.run(main(args))
