@@ -62,15 +62,15 @@ def _progress() -> Progress:
 
 def source_checkpoint(spec: str, fmt: str = "gguf") -> tuple[Checkpoint, str]:
     """The checkpoint behind ``spec`` (checked exportable to ``fmt``) and a short name for output files."""
-    from distillm_edge.models.sources import local_dir, resolve
+    from distillm_edge.models.sources import hub_snapshot, local_dir, resolve
 
     source = resolve(spec)
     if source.kind == "onnx_dir":
         from distillm_edge.errors import UserError
 
         raise UserError(f"{spec} is already an ONNX export; point --model at the Hugging Face checkpoint it came from.")
-    path = Path(local_dir(spec))
-    name = source.spec if source.kind == "embedded" else path.name
+    path = hub_snapshot(spec) if source.kind == "hub" else Path(local_dir(spec))
+    name = source.spec if source.kind == "embedded" else source.name if source.kind == "hub" else path.name
     return open_checkpoint(path, fmt), name
 
 

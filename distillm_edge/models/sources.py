@@ -125,6 +125,29 @@ def check_gguf(path: Path) -> str:
     return str(arch)
 
 
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"]  # no pickled weights
+
+
+def hub_snapshot(spec: str) -> Path:
+    """A local directory holding a Hub model's checkpoint files (downloaded once into the Hugging
+    Face cache when online; only the cache when offline), or UserError saying what to do."""
+    import huggingface_hub
+
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    try:
+        path = Path(huggingface_hub.snapshot_download(repo_id=spec, allow_patterns=HUB_FILES))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated repo, network errors: all end here
+        why = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else f"it could not be downloaded ({type(exc).__name__}: {exc})"
+        raise UserError(
+            f"Hub model '{spec}' is not in the local Hugging Face cache and {why}. Download it once while "
+            f"online (huggingface-cli download {spec}), or pass a local checkpoint directory or .gguf file."
+        ) from None
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
+        raise UserError(f"Hub model '{spec}' has no config.json with safetensors weights ({path}); export reads "
+                        "safetensors checkpoints only.")
+    return path
+
+
 def local_dir(spec: str | os.PathLike, progress: bool = True) -> Path | str:
     """A directory (or Hub id) that ``from_pretrained`` can load, materializing GGUF if needed."""
     source = resolve(spec)
