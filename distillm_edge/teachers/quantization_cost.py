@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -158,6 +159,10 @@ def run(cfg: QuantizationCostConfig) -> dict:
     from distillm_edge.training.teachers import pad_id
 
     console = Console(stderr=True, soft_wrap=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per 8 examples instead
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per int8 matmul otherwise
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     full, tokenizer = load_model(cfg.teacher, LoadOptions(dtype=cfg.dtype, device=cfg.device), progress=False)
@@ -178,7 +183,9 @@ def run(cfg: QuantizationCostConfig) -> dict:
             options = (LoadOptions(dtype="bfloat16", device=cfg.device) if mode == "bf16" else
                        LoadOptions(dtype=cfg.dtype, device=cfg.device, quantization=mode))
             quant, _ = load_model(cfg.teacher, options, progress=False)
-            for e in examples:
+            for i, e in enumerate(examples):
+                if i % 8 == 0:
+                    console.print(f"  {mode}: example {i + 1}/{len(examples)}, {time.perf_counter() - started:.0f} s")
                 batch = collate([e], pad, {})
                 rows = {}
                 for name, model in (("full", full), ("quant", quant)):

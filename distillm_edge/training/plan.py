@@ -93,8 +93,10 @@ def load_config(spec: str):
     source = resolve(spec)
     if source.kind == "hf_dir":
         return AutoConfig.from_pretrained(source.path)
-    if source.kind == "embedded" and source.cache_dir is not None and (source.cache_dir / "config.json").is_file():
-        return AutoConfig.from_pretrained(source.cache_dir)
+    if source.kind in ("embedded", "gguf") and source.cache_dir is not None and (source.cache_dir / "config.json").is_file():
+        return AutoConfig.from_pretrained(source.cache_dir)  # materialized already
+    if source.kind == "gguf":  # the GGUF header only
+        return AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name)
     if source.kind == "hub":
         try:
             from huggingface_hub import hf_hub_download
@@ -204,7 +206,8 @@ class Setup:
     checkpointing: bool = False
     optimizer: str = "adamw"  # adamw | adamw_8bit
     teachers_on: int | None = None  # put every teacher on this GPU (the split layout)
-    lora_r: int | None = None  # plan as LoRA with this rank (suggestion only)
+    lora_r: int | None = None  # plan as LoRA with this rank on a bf16 base (suggestion only)
+    qlora: bool = False  # with lora_r: an NF4 base (suggestion only)
     max_length: int | None = None  # plan at this length (suggestion only)
 
     @property
@@ -292,7 +295,7 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
     lora_targets = cfg.lora.target_modules if cfg.lora is not None else (
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     full_ft = lora_r is None
-    weight_bytes = _BYTES[cfg.student.dtype]
+    weight_bytes = 2 if setup.lora_r else _BYTES[cfg.student.dtype]  # a suggested LoRA keeps a bf16 base
     master = full_ft and weight_bytes < 4  # the trainer keeps fp32 master weights of a bf16 student
     residual = 4 if (master or weight_bytes == 4) else weight_bytes
     procs = setup.processes
@@ -325,7 +328,7 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
         else:
             devices[where].add(label, teacher_weight_bytes(c, tc.dtype, tc.quantization))
     # student weights and training state
-    if cfg.student.quantization == "nf4":
+    if cfg.student.quantization == "nf4" or setup.qlora:
         student_dev.add("student weights (NF4 base)", teacher_weight_bytes(s, cfg.student.dtype, "nf4") / shard_weights)
     else:
         student_dev.add(f"student weights ({cfg.student.dtype if not master else 'fp32 master'})",
@@ -356,10 +359,11 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
                     (trainable + extra) * state_bytes / shard_states)
     if procs > 1 and setup.engine == "ddp":
         student_dev.add("DDP gradient buckets", trainable * grad_bytes + extra * 4)
-    if cfg.l2_weight > 0:
-        student_dev.add("L2-SP reference weights (bf16)", trainable * 2)
-    if cpu and cfg.eval_examples and full_ft:
-        student_dev.add("initial student for the before/after table", s.params * weight_bytes)
+    if cfg.l2_weight > 0:  # the trainer keeps the reference in host memory and applies it per tensor
+        if cpu:
+            student_dev.add("L2-SP reference weights (fp32)", trainable * 4)
+        else:
+            notes.append(f"L2-SP reference weights: {_gib(trainable * 4)} of host RAM (per process), not on the GPU")
     # activations
     eager = cfg.attention.weight > 0
     act_kwargs = dict(compute=compute, residual=residual, autocast_casts=amp and residual == 4, eager=eager)
@@ -430,7 +434,9 @@ def alternatives(cfg: TrainConfig, base: Setup) -> list[tuple[str, Setup]]:
             if base.engine != engine:
                 out.append((label, dataclasses.replace(base, engine=engine, teachers_on=None)))
     if cfg.lora is None:
-        out.append(("LoRA (lora: {r: 16}); QLoRA adds student.quantization: nf4", dataclasses.replace(base, lora_r=16)))
+        out.append(("LoRA on a bf16 base (lora: {r: 16}, student.dtype: bfloat16)", dataclasses.replace(base, lora_r=16)))
+        out.append(("QLoRA (lora: {r: 16}, student.dtype: bfloat16, student.quantization: nf4)",
+                    dataclasses.replace(base, lora_r=16, qlora=True)))
     return out
 
 
@@ -443,6 +449,8 @@ def verdict(cfg: TrainConfig, counts: dict[str, ModelCounts], base: Setup) -> tu
         return plan, f"fits: peak {_gib(worst.total)} of {_gib(worst.capacity)} on {where}."
     fixes, full = [], []
     for label, alt in alternatives(cfg, base):
+        if alt.qlora and any(f.startswith("LoRA") for f in fixes):
+            continue  # LoRA already fits: QLoRA would too
         p = estimate(cfg, counts, alt)
         if p.fits:
             fixes.append(f"{label} -> {_gib(max(d.total for d in p.devices))}")
@@ -526,11 +534,22 @@ def run(cfg: TrainConfig, gpus: int | None = None, memory: str | None = None) ->
 
 
 def refuse_if_unfit(cfg: TrainConfig, processes: int = 1) -> None:
-    """Raise the planner's message as a UserError when the run cannot fit here (before any weights load)."""
+    """Raise the planner's message as a UserError when the run cannot fit here (before any weights load).
+
+    A model whose config cannot be read without loading it (e.g. a Hub id offline) is not planned: a
+    warning says so and the run goes on to the loader, which reports the real problem.
+    """
+    import warnings
+
     gpus, mem = local_devices()
     base = baseline_setup(cfg, gpus, mem)
     if processes > 1:
         base = dataclasses.replace(base, engine="ddp", gpus=max(gpus, processes) if gpus else 0)
-    plan, message = verdict(cfg, model_counts(cfg), base)
+    try:
+        counts = model_counts(cfg)
+    except UserError as exc:
+        warnings.warn(f"memory plan skipped: {exc}", stacklevel=2)
+        return
+    plan, message = verdict(cfg, counts, base)
     if not plan.fits:
         raise UserError(f"{message} (distillm-edge train --plan shows the breakdown)")

@@ -211,3 +211,21 @@ def test_cli_plan_prints_per_device_and_loads_no_weights(monkeypatch, tmp_path):
     cfg_file.write_text(json.dumps({"max_length": 128}))
     result = CliRunner().invoke(app, ["train", "--plan", "--config", str(cfg_file), "--gpus", "0", "--gpu-mem", "24GiB"])
     assert result.exit_code == 0 and "fits" in result.output and "cpu" in result.output
+
+
+def test_refuse_skips_with_a_warning_when_a_config_cannot_be_read(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    cfg = resolve_config("tiny-cpu", overrides={"teachers": [{"model": "some-org/not-cached"}]})
+    with pytest.warns(UserWarning, match="memory plan skipped"):
+        plan.refuse_if_unfit(cfg)
+
+
+def test_a_cpu_run_plans_against_ram(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = resolve_config("tiny-cpu")
+    p, message = plan.verdict(cfg, plan.model_counts(cfg), plan.baseline_setup(cfg, 0, 24 * GiB))
+    assert p.fits and [d.name for d in p.devices] == ["cpu"] and "on RAM" in message
+    assert not any("CUDA" in label for label, _ in p.devices[0].lines)
+    tight, refused = plan.verdict(cfg, plan.model_counts(cfg), plan.baseline_setup(cfg, 0, 1 * GiB))
+    assert not tight.fits and "does not fit" in refused
