@@ -1,10 +1,15 @@
-"""Batched greedy decoding on a PyTorch model, timed: throughput at batch 1 and batch 8.
+"""Batched greedy decoding, timed: throughput at batch 1, 4 and 8 on torch and llama.cpp.
 
-The shared ``Backend.stream`` decodes one sequence, so the batch measurement drives the torch
-model directly: left-pad the prompts, run one prefill over the whole batch with an attention mask
-and explicit positions, then decode all rows together with the KV cache, always exactly
-``new_tokens`` per row (EOS is ignored: timing needs equal work per step). llama.cpp and ONNX
-Runtime rows report batch throughput as n/a (see ``run.py``'s reasons).
+The shared ``Backend.stream`` decodes one sequence, so the batch measurement drives each runtime
+directly, always exactly ``new_tokens`` per row (EOS is ignored: timing needs equal work per step):
+
+- torch: left-pad the prompts, run one prefill over the whole batch with an attention mask and
+  explicit positions, then decode all rows together with the KV cache;
+- llama.cpp: one context with k sequences over the backend's loaded model
+  (``backends/llamacpp_batch.py``, what ``serve`` runs): each prompt is prefilled, then every step
+  is one ``llama_decode`` carrying the next token of all k sequences.
+
+ONNX Runtime rows report batch throughput as n/a (:func:`batch_unsupported` says why).
 
 Test: ``pytest tests/bench/test_bench_batch.py`` (batched output == one-at-a-time greedy output).
 """
@@ -57,3 +62,38 @@ def torch_batch_generate(model, prompts: Sequence[Sequence[int]], new_tokens: in
         "decode_tps": batch * (new_tokens - 1) / (end - first) if new_tokens > 1 and end > first else float("nan"),
         "total_tps": batch * new_tokens / (end - start),
     }
+
+
+def gguf_batch_generate(backend, prompts: Sequence[Sequence[int]], new_tokens: int,
+                        clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Greedy-decode ``new_tokens`` for every prompt as sequences of one llama.cpp context."""
+    from distillm_edge.backends.llamacpp_batch import MultiSequenceDecoder, batch_generate
+
+    n_ctx = max(len(p) for p in prompts) + new_tokens + 8
+    decoder = MultiSequenceDecoder(backend, len(prompts), n_ctx, n_batch=backend.n_batch, threads=backend.info.threads)
+    try:
+        return batch_generate(decoder, prompts, new_tokens, clock=clock)
+    finally:
+        decoder.close()
+
+
+def batch_unsupported(kind: str, backend=None) -> str:
+    """Why batch throughput is not measured for a backend ("" when it is)."""
+    if kind == "torch":
+        return ""
+    if kind == "gguf":
+        if backend is None or hasattr(backend, "native"):
+            return ""
+        return "this backend has no llama.cpp context for multi-sequence batches (one sequence only)"
+    return ("the ONNX backend streams one sequence; ONNX Runtime GenAI's batched Generator is not wired into "
+            "bench yet")
+
+
+def generate_batch(kind: str, backend, prompts: Sequence[Sequence[int]], new_tokens: int) -> dict:
+    """Batched greedy decoding on the backend's own runtime (see the module docstring)."""
+    if kind == "torch":
+        pad = backend.tokenizer.pad_token_id if backend.tokenizer.pad_token_id is not None else 0
+        return torch_batch_generate(backend.model, prompts, new_tokens, pad_id=pad)
+    if kind == "gguf":
+        return gguf_batch_generate(backend, prompts, new_tokens)
+    raise ValueError(f"no batched generation for backend kind {kind!r}: {batch_unsupported(kind)}")

@@ -62,7 +62,7 @@ class BenchConfig:
     repeats: int = FULL["repeats"]
     warmup: int = 1
     threads: int = 0  # 0: one per physical core
-    batch_sizes: tuple[int, ...] = (1, 8)
+    batch_sizes: tuple[int, ...] = (1, 4, 8)
     batch_repeats: int | None = None  # None: like the streams (warm-up + repeats); n: n timed runs, no warm-up
     out: Path = field(default_factory=lambda: Path("runs/bench") / time.strftime("%Y%m%d-%H%M%S"))
     quick: bool = False

@@ -63,6 +63,7 @@ SPEED_COLUMNS = [
     ("p50 ms", lambda r: num(r["latency_p50_ms"], ".2f")),
     ("p95 ms", lambda r: num(r["latency_p95_ms"], ".2f")),
     ("b1 tok/s", lambda r: _batch(r, "1")),
+    ("b4 tok/s", lambda r: _batch(r, "4")),
     ("b8 tok/s", lambda r: _batch(r, "8")),
 ]
 COST_COLUMNS = [
@@ -183,7 +184,8 @@ def markdown(result: dict) -> str:
         "the Python interpreter and the backend's libraries; batch runs come after this reading.",
         "- bound tok/s = bandwidth / bytes read per token; roofline = decode tok/s / bound. Bytes per token:",
         *rules,
-        "- b1/b8 tok/s: batched greedy decode tokens/s (all rows together, EOS ignored) after the batch prefill; "
+        "- b1/b4/b8 tok/s: batched greedy decode tokens/s (all rows together, EOS ignored) after the batch prefill "
+        "(llama.cpp: k sequences in one context); "
         + (f"median of {cfg['repeats']} timed runs after {cfg['warmup']} warm-up."
            if cfg.get("batch_repeats") is None else
            f"{cfg['batch_repeats']} timed run(s), no batch warm-up (the single-stream runs warmed the model)."),

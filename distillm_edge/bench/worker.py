@@ -2,7 +2,7 @@
 
 ``bench_job(emit, job)`` opens the backend, builds the prompts with the model's own tokenizer,
 does the warm-up and timed repetitions through ``Backend.stream``, then the batch runs (torch
-only), and returns one result row (a plain dict). Peak memory is read after the single-stream runs
+and llama.cpp, ``batch.py``), and returns one result row (a plain dict). Peak memory is read after the single-stream runs
 and again after the batch runs, so batch-8's activations do not inflate the single-stream figure.
 For llama.cpp it also reads llama.cpp's own performance counters around every timed repetition.
 
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from distillm_edge.bench.batch import batch_unsupported
 from distillm_edge.bench.config import ModelRun
 from distillm_edge.bench.measure import stream_stats, summarize, time_stream
 from distillm_edge.bench.memory import MIB, current_rss, peak_rss
@@ -59,16 +60,6 @@ def backend_options(job: Job, kind: str) -> dict:
     return {"threads": job.threads}
 
 
-def batch_unsupported(kind: str) -> str:
-    """Why batch throughput is not measured for a backend ("" when it is)."""
-    if kind == "torch":
-        return ""
-    if kind == "gguf":
-        return ("the shared llama.cpp backend decodes one sequence (llama-cpp-python's Llama keeps one "
-                "KV sequence); batching needs multi-sequence llama_batch support in the backend")
-    return "the shared ONNX backend streams one sequence; batched generation is not in its interface"
-
-
 def _timed_streams(backend, prompts: list[list[int]], gen_tokens: int, perf: bool, emit, label: str):
     stats, counters = [], []
     for i, ids in enumerate(prompts):
@@ -82,16 +73,15 @@ def _timed_streams(backend, prompts: list[list[int]], gen_tokens: int, perf: boo
     return stats, counters
 
 
-def _torch_batch(backend, builder: PromptBuilder, job: Job, size: int, emit) -> dict:
+def _batch(backend, kind: str, builder: PromptBuilder, job: Job, size: int, emit) -> dict:
     """Median batched-decode figures for ``size`` distinct prompts (warm-up runs dropped)."""
-    from distillm_edge.bench.batch import torch_batch_generate
+    from distillm_edge.bench.batch import generate_batch
 
     rows = [builder.prompt(job.prompt_tokens, k) for k in range(size)]
-    pad = backend.tokenizer.pad_token_id if backend.tokenizer.pad_token_id is not None else 0
     runs = []
     for i in range(job.batch_warmup + job.batch_repeats):
         emit({"step": f"batch {size} run {i + 1}/{job.batch_warmup + job.batch_repeats}"})
-        result = torch_batch_generate(backend.model, rows, job.gen_tokens, pad_id=pad)
+        result = generate_batch(kind, backend, rows, job.gen_tokens)
         if i >= job.batch_warmup:
             runs.append(result)
     return {key: statistics.median(r[key] for r in runs) for key in ("decode_tps", "total_tps", "prefill_s")}
@@ -137,7 +127,10 @@ def bench_job(emit: Callable[[dict], None], job: Job, open_fn: Callable | None =
         stats, counters = _timed_streams(backend, prompts[job.warmup :], job.gen_tokens, perf, emit, "timed run")
         peak_single = peak_rss()
 
-        batches = {str(size): _torch_batch(backend, builder, job, size, emit) for size in batch_sizes}
+        if not batch_na and batch_unsupported(kind, backend):  # e.g. a llama.cpp backend without a context
+            batch_na, batch_sizes = batch_unsupported(kind, backend), ()
+            emit({"total": 2 + per_rep})
+        batches = {str(size): _batch(backend, kind, builder, job, size, emit) for size in batch_sizes}
         peak_batch = peak_rss()
 
         emit({"step": "sizing weights"})

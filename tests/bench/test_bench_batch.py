@@ -1,6 +1,6 @@
 """Batched greedy decoding with left padding gives the same tokens as one-at-a-time greedy streams.
 
-Run: ``pytest tests/bench/test_bench_batch.py`` (a 2-layer random Llama; seconds).
+Run: ``pytest tests/bench/test_bench_batch.py`` (a 2-layer random Llama; seconds; the GGUF test is slow-marked).
 """
 
 from __future__ import annotations
@@ -63,3 +63,23 @@ def test_fake_clock_gives_exact_throughput(monkeypatch):
     assert out["prefill_s"] == 1.0
     assert out["decode_tps"] == pytest.approx(2 * 4 / 4.0)
     assert out["total_tps"] == pytest.approx(2 * 5 / 5.0)
+
+
+@pytest.mark.slow
+def test_gguf_batch_matches_single_streams():
+    """llama.cpp: k sequences in one context give each prompt's one-at-a-time greedy tokens."""
+    from distillm_edge.backends import open_backend
+    from distillm_edge.bench.batch import batch_unsupported, generate_batch
+
+    backend = open_backend("smollm2-135m-instruct", backend="gguf", threads=1, n_ctx=256)
+    try:
+        assert batch_unsupported("gguf", backend) == ""
+        prompts = [backend.tokenize(t) for t in ("Anemia is", "The kidney filters", "Asthma is a chronic disease of")]
+        out = generate_batch("gguf", backend, prompts, 6)
+        assert len(out["tokens"]) == 3 and all(len(row) == 6 for row in out["tokens"])
+        for prompt, batched in zip(prompts, out["tokens"]):
+            single = list(backend.stream(prompt, 6))  # stops early only at EOS
+            assert batched[: len(single)] == single
+        assert out["prefill_s"] > 0 and out["decode_tps"] > 0 and out["total_tps"] > 0
+    finally:
+        backend.close()

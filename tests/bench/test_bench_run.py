@@ -70,7 +70,7 @@ def test_report_lines_and_notes(tmp_path):
     ok = fake_row(llamacpp={"decode_tps": 100.0}, crosscheck=bench_run.crosscheck(97.0, 100.0))
     bad = fake_row(prompt=256, crosscheck=bench_run.crosscheck(80.0, 100.0), stopped_early=True, generated=[9])
     torch_row = fake_row(model="m", backend="torch", dtype="float32", batch_na="",
-                         batch={"1": {"decode_tps": 30.0}, "8": {"decode_tps": 150.0}})
+                         batch={"1": {"decode_tps": 30.0}, "4": {"decode_tps": 80.0}, "8": {"decode_tps": 150.0}})
     result = fake_result([ok, bad, torch_row])
     result["machine"]["load_avg_start"] = [5.0]
     lines = crosscheck_lines(result)
@@ -79,7 +79,7 @@ def test_report_lines_and_notes(tmp_path):
     text = " ".join(notes(result))
     assert "busy at the start" in text and "stopped at EOS" in text and "batch throughput n/a for gguf" in text
     md = markdown(clean(result))
-    assert "| m · torch float32 | 64 |" in md and "| 30.0 | 150.0 |" in md
+    assert "| m · torch float32 | 64 |" in md and "| 30.0 | 80.0 | 150.0 |" in md
     assert clean({"x": math.nan, "y": [math.inf, 1.0]}) == {"x": None, "y": [None, 1.0]}
     write_report(result, tmp_path)  # NaN-free JSON and charts from a hand-made result
     _strict_json(tmp_path / "bench.json")
