@@ -9,10 +9,13 @@ Generating one token reads (about) every weight once, so decode speed is bounded
   (bytes read + written / s, STREAM's convention); medians of 7 repeats. The bound uses the
   larger of the two, the best this machine demonstrably reaches. Cached in
   ``$DISTILLM_EDGE_HOME/bench/bandwidth.json``; delete that file to measure again.
-- **Bytes per token** depend on the backend (``weight_bytes``): the GGUF file size for llama.cpp;
-  the parameter bytes in their stored dtype for torch (tied weights counted once); the sum of the
-  ONNX initializers for ONNX Runtime. The KV cache and activations are not counted, so long
-  prompts (a bigger KV cache read per step) lower the share a little.
+- **Bytes per token** are the weight bytes one decode step actually reads (``weight_bytes``): every
+  weight tensor once, in its stored type, except that an *untied* token embedding is only looked up,
+  so it counts one row; a tied one is read whole as the LM head. For llama.cpp the tensors come
+  from the GGUF's tensor table (not the file size: metadata and the vocabulary are not read per
+  token); for torch the parameters (tied weights once); for ONNX Runtime the initializers, with
+  an initializer only gathered from (the embedding) counted as one row. The KV cache and
+  activations are not counted, so long prompts (a bigger KV cache read per step) lower the share a little.
 
 Test: ``pytest tests/bench/test_bench_roofline.py``.
 """
@@ -94,22 +97,48 @@ def path_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in files)
 
 
-def torch_parameter_bytes(model) -> int:
-    """Bytes of a torch model's parameters in their stored dtype, each storage counted once."""
+def torch_parameter_bytes(model, per_token: bool = False) -> int:
+    """Bytes of a torch model's parameters in their stored dtype, each storage counted once; with
+    ``per_token``, an input embedding not shared with the LM head counts one row (a lookup)."""
     seen, total = set(), 0
+    embedding = model.get_input_embeddings().weight if per_token else None
+    head = model.get_output_embeddings() if per_token else None
+    tied = embedding is not None and head is not None and head.weight.data_ptr() == embedding.data_ptr()
     for p in model.parameters():
         key = (p.data_ptr(), p.numel())
         if key not in seen:
             seen.add(key)
-            total += p.numel() * p.element_size()
+            nbytes = p.numel() * p.element_size()
+            if embedding is not None and not tied and p.data_ptr() == embedding.data_ptr():
+                nbytes //= p.shape[0]
+            total += nbytes
+    return total
+
+
+def gguf_bytes_per_token(path: Path) -> int:
+    """Bytes of a GGUF's tensors one decode step reads: all of them, but ``token_embd`` only one
+    row when an ``output`` tensor exists (untied; llama.cpp uses token_embd as the head otherwise)."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    total = 0
+    for name, t in tensors.items():
+        if name == "token_embd.weight" and "output.weight" in tensors:
+            total += int(t.n_bytes) // int(t.shape[-1])  # ggml shape is [n_embd, n_vocab]: one of n_vocab rows
+        else:
+            total += int(t.n_bytes)
     return total
 
 
 _SUB_BYTE_BITS = {21: 4, 22: 4, 23: 4}  # onnx UINT4, INT4, FLOAT4E2M1
 
 
-def onnx_initializer_bytes(path: Path) -> int:
-    """Sum of the initializer tensor sizes of an ``.onnx`` graph, or of every graph in a directory.
+_GATHERS = ("Gather", "GatherBlockQuantized")
+
+
+def onnx_initializer_bytes(path: Path, per_token: bool = False) -> int:
+    """Sum of the initializer tensor sizes of an ``.onnx`` graph, or of every graph in a directory;
+    with ``per_token``, an initializer used only as a Gather table (an untied embedding) counts one row.
 
     Sizes come from each tensor's shape and element type; external weight data is not loaded.
     """
@@ -120,12 +149,20 @@ def onnx_initializer_bytes(path: Path) -> int:
     total = 0
     for graph_file in [path] if path.is_file() else sorted(path.glob("*.onnx")):
         model = onnx.load(str(graph_file), load_external_data=False)
+        uses: dict[str, set[str]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                uses.setdefault(name, set()).add(node.op_type)
+        gathered = {node.input[0] for node in model.graph.node if node.op_type in _GATHERS}
         for tensor in model.graph.initializer:
             numel = math.prod(tensor.dims)
             if tensor.data_type in _SUB_BYTE_BITS:
-                total += math.ceil(numel * _SUB_BYTE_BITS[tensor.data_type] / 8)
+                nbytes = math.ceil(numel * _SUB_BYTE_BITS[tensor.data_type] / 8)
             else:
-                total += numel * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+                nbytes = numel * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            if per_token and tensor.name in gathered and uses.get(tensor.name, set()) <= set(_GATHERS) and tensor.dims:
+                nbytes //= tensor.dims[0]
+            total += nbytes
     return total
 
 
@@ -133,9 +170,11 @@ def weight_bytes(backend) -> tuple[int, str]:
     """Bytes read per decode step for a loaded backend, and how that number was obtained."""
     info = backend.info
     if info.backend == "torch":
-        return torch_parameter_bytes(backend.model), f"torch parameter bytes ({info.dtype}, tied weights once)"
+        return (torch_parameter_bytes(backend.model, per_token=True),
+                f"torch parameter bytes ({info.dtype}, tied weights once, an untied embedding one row)")
     if info.backend == "gguf":
-        return Path(info.path).stat().st_size, "GGUF file size"
+        return gguf_bytes_per_token(Path(info.path)), "GGUF tensor bytes (an untied token_embd one row)"
     if info.backend == "onnx":
-        return onnx_initializer_bytes(Path(info.path)), "sum of ONNX initializer bytes"
+        return (onnx_initializer_bytes(Path(info.path), per_token=True),
+                "ONNX initializer bytes (a gather-only embedding one row)")
     raise ValueError(f"no weight-bytes rule for backend '{info.backend}'")

@@ -67,3 +67,58 @@ def test_bandwidth_is_measured_once_then_cached(tmp_path, monkeypatch):
     assert calls == [2, 1]
     assert not first["from_cache"] and second["from_cache"] and second["cache"] == str(cache)
     assert second["bound_gbps"] == first["bound_gbps"] and other["threads"] == 1
+
+
+def _gguf(path, tied: bool, vocab=50, hidden=32):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.ones((vocab, hidden), dtype=np.float16))
+    writer.add_tensor("blk.0.attn_q.weight", np.ones((hidden, hidden), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    if not tied:
+        writer.add_tensor("output.weight", np.ones((vocab, hidden), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_bytes_per_token_against_a_naive_count(tmp_path):
+    vocab, hidden = 50, 32
+    body = hidden * hidden * 4 + hidden * 4
+    tied = _gguf(tmp_path / "tied.gguf", True)
+    assert rl.gguf_bytes_per_token(tied) == vocab * hidden * 2 + body  # the embedding is the LM head: read whole
+    untied = _gguf(tmp_path / "untied.gguf", False)
+    assert rl.gguf_bytes_per_token(untied) == hidden * 2 + body + vocab * hidden * 4  # one embedding row
+    assert rl.gguf_bytes_per_token(untied) < untied.stat().st_size  # not the file size (metadata, alignment)
+
+
+def test_torch_untied_embedding_counts_one_row():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    naive = sum(p.numel() * 4 for p in model.parameters())
+    assert rl.torch_parameter_bytes(model) == naive
+    assert rl.torch_parameter_bytes(model, per_token=True) == naive - 100 * 16 * 4 + 16 * 4
+
+
+def test_onnx_gather_only_initializer_counts_one_row(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.ones((10, 4), dtype=np.float32), "embed")  # 160 bytes, 16 per row
+    w = numpy_helper.from_array(np.ones((4, 10), dtype=np.float32), "head")  # 160 bytes
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["embed", "ids"], ["h"]), helper.make_node("MatMul", ["h", "head"], ["y"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializer=[table, w])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert rl.onnx_initializer_bytes(path) == 320
+    assert rl.onnx_initializer_bytes(path, per_token=True) == 16 + 160

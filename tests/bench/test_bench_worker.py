@@ -73,4 +73,5 @@ def test_backend_options_and_batch_support():
     assert backend_options(torch_job, "torch") == {"dtype": "bfloat16", "quantization": "nf4", "threads": 2}
     assert backend_options(_job(), "onnx") == {"threads": 2}
     assert batch_unsupported("torch") == ""
-    assert batch_unsupported("gguf") == "" and batch_unsupported("onnx")  # llama.cpp: multi-sequence batches
+    assert batch_unsupported("gguf") == batch_unsupported("onnx") == ""  # multi-sequence llama.cpp, GenAI batches
+    assert "one sequence" in batch_unsupported("gguf", object()) and batch_unsupported("onnx", object())
