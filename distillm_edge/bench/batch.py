@@ -1,4 +1,4 @@
-"""Batched greedy decoding, timed: throughput at batch 1, 4 and 8 on torch and llama.cpp.
+"""Batched greedy decoding, timed: throughput at batch 1, 4 and 8 on torch, llama.cpp and ONNX.
 
 The shared ``Backend.stream`` decodes one sequence, so the batch measurement drives each runtime
 directly, always exactly ``new_tokens`` per row (EOS is ignored: timing needs equal work per step):
@@ -7,9 +7,10 @@ directly, always exactly ``new_tokens`` per row (EOS is ignored: timing needs eq
   explicit positions, then decode all rows together with the KV cache;
 - llama.cpp: one context with k sequences over the backend's loaded model
   (``backends/llamacpp_batch.py``, what ``serve`` runs): each prompt is prefilled, then every step
-  is one ``llama_decode`` carrying the next token of all k sequences.
-
-ONNX Runtime rows report batch throughput as n/a (:func:`batch_unsupported` says why).
+  is one ``llama_decode`` carrying the next token of all k sequences;
+- ONNX: ONNX Runtime GenAI's ``Generator`` with ``batch_size=k`` on the export directory (the
+  runtime an app ships); prompts must have equal length (bench's prompts do: exactly N tokens).
+  GenAI runs with the session options of the export's ``genai_config.json``, not ``--threads``.
 
 Test: ``pytest tests/bench/test_bench_batch.py`` (batched output == one-at-a-time greedy output).
 """
@@ -85,8 +86,11 @@ def batch_unsupported(kind: str, backend=None) -> str:
         if backend is None or hasattr(backend, "native"):
             return ""
         return "this backend has no llama.cpp context for multi-sequence batches (one sequence only)"
-    return ("the ONNX backend streams one sequence; ONNX Runtime GenAI's batched Generator is not wired into "
-            "bench yet")
+    if kind == "onnx":
+        if backend is None or (hasattr(backend, "path") and getattr(backend, "session", None) is not None):
+            return ""
+        return "this backend is not an ONNX export directory that ONNX Runtime GenAI can open"
+    return f"unknown backend kind {kind!r}"
 
 
 def generate_batch(kind: str, backend, prompts: Sequence[Sequence[int]], new_tokens: int) -> dict:
@@ -96,4 +100,40 @@ def generate_batch(kind: str, backend, prompts: Sequence[Sequence[int]], new_tok
         return torch_batch_generate(backend.model, prompts, new_tokens, pad_id=pad)
     if kind == "gguf":
         return gguf_batch_generate(backend, prompts, new_tokens)
+    if kind == "onnx":
+        return onnx_batch_generate(backend, prompts, new_tokens)
     raise ValueError(f"no batched generation for backend kind {kind!r}: {batch_unsupported(kind)}")
+
+
+def onnx_batch_generate(backend, prompts: Sequence[Sequence[int]], new_tokens: int,
+                        clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Greedy-decode ``new_tokens`` for every prompt in one ONNX Runtime GenAI batch (equal lengths)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("ONNX Runtime GenAI batches here need prompts of equal length (no padding)")
+    model = getattr(backend, "_og_model", None)
+    if model is None:  # loaded once per backend: the weights are not counted in the timing
+        model = backend._og_model = og.Model(str(backend.path))
+    length = len(prompts[0]) + new_tokens
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=length, min_length=length, batch_size=len(prompts))
+    generator = og.Generator(model, params)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    start = clock()
+    generator.append_tokens(np.asarray(prompts, dtype=np.int32))
+    for step in range(new_tokens):
+        generator.generate_next_token()
+        for row, token in zip(tokens, generator.get_next_tokens()):
+            row.append(int(token))
+        if step == 0:
+            first = clock()
+    end = clock()
+    batch = len(prompts)
+    return {
+        "tokens": tokens,
+        "prefill_s": first - start,
+        "decode_tps": batch * (new_tokens - 1) / (end - first) if new_tokens > 1 and end > first else float("nan"),
+        "total_tps": batch * new_tokens / (end - start),
+    }

@@ -1,6 +1,6 @@
 """Batched greedy decoding with left padding gives the same tokens as one-at-a-time greedy streams.
 
-Run: ``pytest tests/bench/test_bench_batch.py`` (a 2-layer random Llama; seconds; the GGUF test is slow-marked).
+Run: ``pytest tests/bench/test_bench_batch.py`` (a 2-layer random Llama; seconds; the GGUF and ONNX tests are slow-marked).
 """
 
 from __future__ import annotations
@@ -83,3 +83,24 @@ def test_gguf_batch_matches_single_streams():
         assert out["prefill_s"] > 0 and out["decode_tps"] > 0 and out["total_tps"] > 0
     finally:
         backend.close()
+
+
+@pytest.mark.slow
+def test_onnx_genai_batch_matches_single_streams(tmp_path, tiny_llama_dir):
+    """ONNX Runtime GenAI with batch_size=k gives each prompt's one-at-a-time greedy tokens."""
+    from distillm_edge.backends import open_backend
+    from distillm_edge.bench.batch import batch_unsupported, generate_batch
+    from distillm_edge.export import ExportConfig, run
+
+    art = run(ExportConfig(model=str(tiny_llama_dir), format="onnx", quant="fp32", outdir=tmp_path, verify=False)).artifact
+    backend = open_backend(str(art), threads=1)
+    assert batch_unsupported("onnx", backend) == ""
+    prompts = [[1, 50, 60, 70, 80], [1, 300, 400, 500, 600], [1, 7, 8, 9, 10]]
+    out = generate_batch("onnx", backend, prompts, 6)
+    assert len(out["tokens"]) == 3 and all(len(row) == 6 for row in out["tokens"])
+    for prompt, batched in zip(prompts, out["tokens"]):
+        single = list(backend.stream(prompt, 6))  # stops early only at EOS
+        assert batched[: len(single)] == single
+    assert out["decode_tps"] > 0
+    with pytest.raises(ValueError, match="equal length"):
+        generate_batch("onnx", backend, [[1, 2], [1, 2, 3]], 2)
