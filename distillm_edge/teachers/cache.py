@@ -32,8 +32,12 @@ shared vocabulary first, as ``cross_tokenizer.cross_tokenizer_kd`` does (ULD is 
 **Tolerance against the online loss**: equal up to fp16 rounding of the log-probs (~1e-3
 relative) when top-k covers the vocabulary; otherwise smaller by exactly
 ``Σ p_tail · KL(p_tail/p_tail(τ) || q_tail/q_tail(τ))`` (coarsening never increases a KL), which is
-small when the tempered teacher puts little mass outside its top-k (τ near 1) and grows with τ;
-``benchmarks/train_step.py`` measures the gap on the real teachers.
+small when the tempered teacher puts little mass outside its top-k (τ near 1) and grows with τ.
+Measured on 2 built-in records at top-64 (``pytest -m slow tests/teachers/test_cache.py``): the
+teacher mass outside the top-64 is 1.9 % (SmolLM2) / 5.5 % (Gemma-3, shared vocabulary) at τ = 1,
+55 % / 64 % at τ = 2 and 99 % at τ = 8; cached/online KD at τ = 1 is 0.99 / 0.94. So a cache is a
+faithful teacher near τ = 1 (the floor of the progressive schedule) and a coarse one at high τ;
+``benchmarks/train_step.py`` prints the ratio by k and τ.
 
 Integration (the trainer, once issue 9's refactor lands):
 

@@ -220,3 +220,37 @@ def test_cli_builds_a_cache_and_names_bad_options(tiny_llama_dir, tiny_data, tmp
     assert manifest["complete"] and manifest["settings"]["top_k"] == 4 and manifest["records"] == 3
     bad = CliRunner().invoke(app, args[:-2] + ["--temperatures", "1,x"])
     assert bad.exit_code == 2 and "--temperatures 1,x" in bad.output
+
+
+@pytest.mark.slow
+def test_real_teachers_cache_rows_match_the_trainer_and_stay_close_at_tau_1(tmp_path, smollm2_dir, gemma_dir):
+    """SmolLM2 (same tokenizer) and Gemma-3 (another tokenizer) cached over 2 built-in records, top-64."""
+    from distillm_edge.teachers.cache import resolve_data
+    from distillm_edge.training.teachers import pad_id
+
+    data = resolve_data("builtin")
+    student, s_tok = load(smollm2_dir)
+    import datasets
+
+    records = list(datasets.load_from_disk(str(data))["train"])[:2]
+    for spec, same in (("smollm2-135m-instruct", True), ("gemma-3-270m", False)):
+        m = run(CacheConfig(teacher=spec, data=str(data), out=str(tmp_path / spec), max_examples=2, progress=False))
+        assert m["records"] == 2 and m["bytes_per_row"] < m["raw_bytes_per_row"]
+        cache = CachedTeacher.open(tmp_path / spec, data_dir=data, student_tokenizer=s_tok)
+        t_model, t_tok = (student, s_tok) if same else load(gemma_dir)
+        teacher = Teacher(0, spec, spec, 1.0, t_tok, pad_id(t_tok), same, vocab_map=cache.vocab_map, model=t_model)
+        examples, _ = encode_records(records, s_tok, {} if same else {0: t_tok}, 256)
+        batch = collate(examples, pad_id(s_tok), {} if same else {0: pad_id(t_tok)})
+        logits = flat_logits(student, batch) * 0.5  # a flatter "student" than the teacher itself
+        tl = teacher_forward(teacher, batch, student_vocab=logits.shape[-1]).logits
+        rows = cache.rows_for(examples)
+        if same:
+            online = float(kd_loss(logits, tl))
+        else:
+            view = batch.views[0]
+            assert rows.student_rows.tolist() == view.student_rows.tolist()
+            online = float(cross_tokenizer_kd(logits, tl, view.student_rows.view(1, -1), view.teacher_rows.view(1, -1),
+                                              vocab_map=cache.vocab_map, uld_weight=0.0))
+        cached = float(cached_kd_loss(logits, rows, vocab_map=cache.vocab_map))
+        print(f"{spec}: online {online:.4f} cached {cached:.4f} ({cached / online:.3f}); tail mass {m['tail_mass']}")
+        assert 0.7 * online < cached <= online + 1e-4

@@ -136,3 +136,21 @@ def test_pack_order_keeps_order_budget_and_boundaries():
     assert padding_share([[0], [1]], lengths) == 0.0
     with pytest.raises(UserError, match="max_tokens_per_batch"):
         pack_order(order, lengths, 0)
+
+
+@pytest.mark.slow
+def test_packing_real_gemma3_sliding_window_model(gemma_dir, records):
+    """Gemma-3's mixed sliding-window / full attention layers honour the packed position ids too."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(2)
+    model = AutoModelForCausalLM.from_pretrained(gemma_dir).eval()
+    tok = AutoTokenizer.from_pretrained(gemma_dir)
+    ensure_chat_template(tok)
+    examples, _ = encode_records(records[:3], tok, {}, 128)
+    pb = collate_packed(examples, tok.pad_token_id, {})
+    with torch.no_grad():
+        packed = rows(model(**pb.model_inputs(), logits_to_keep=pb.batch.loss_mask).logits)
+        ref = torch.cat([rows(model(input_ids=torch.tensor([e.student.ids]), use_cache=False,
+                                    logits_to_keep=collate([e], tok.pad_token_id, {}).loss_mask).logits) for e in examples])
+    torch.testing.assert_close(packed, ref, atol=1e-3, rtol=1e-3)
