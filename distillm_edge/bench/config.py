@@ -19,7 +19,7 @@ BACKENDS = ("auto", "torch", "gguf", "onnx")
 DTYPES = ("fp32", "bf16")
 QUANTIZATIONS = ("none", "nf4")
 
-FULL = {"prompt_lengths": (64, 256, 1024), "gen_tokens": 128, "repeats": 3, "batch_repeats": None}
+FULL = {"prompt_lengths": (64, 512, 1024), "gen_tokens": 128, "repeats": 3, "batch_repeats": None}  # pp512/tg128 as llama-bench
 # --quick: finish in about a minute even for torch fp32 on 2 busy cores; batches are timed once
 QUICK = {"prompt_lengths": (64,), "gen_tokens": 16, "repeats": 2, "batch_repeats": 1}
 

@@ -95,6 +95,7 @@ def summarize(runs: Sequence[RunStats]) -> dict:
         "generated": [r.generated for r in runs],
         "ttft_ms": 1000 * statistics.median(r.ttft_s for r in runs),
         "prefill_tps": statistics.median(r.prefill_tps for r in runs),
+        "prefill_tps_runs": [r.prefill_tps for r in runs],
         "decode_tps": statistics.median(decode) if decode else math.nan,
         "decode_tps_runs": [r.decode_tps for r in runs],
         "latency_p50_ms": 1000 * percentile(latencies, 50),

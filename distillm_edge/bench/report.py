@@ -142,6 +142,8 @@ def notes(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
+    from distillm_edge.bench import llamabench
+
     m, bw, cfg = result["machine"], result["bandwidth"], result["config"]
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
     rules = sorted({f"  - {row['backend']}: {row['weight_bytes_rule']}" for row in result["rows"]})
@@ -168,6 +170,11 @@ def markdown(result: dict) -> str:
         *markdown_table(result, SPEED_COLUMNS),
         "",
         *markdown_table(result, COST_COLUMNS),
+        "",
+        "llama-bench style: pp<N> = prompt tokens / TTFT, tg<G> = decode tokens/s after a one-token prompt "
+        "(depth 0), tg<G> @ d<N> = after an N-token prompt; mean ± sample sd over the timed repetitions.",
+        "",
+        *llamabench.markdown(result),
         "",
         "## Cross-check",
         *(f"- {line}" for line in crosscheck_lines(result) or ["no llama.cpp row in this run."]),
@@ -254,9 +261,12 @@ def write_report(result: dict, out: Path) -> Path:
 
 
 def print_summary(result: dict, console: Console, path: Path) -> None:
+    from distillm_edge.bench import llamabench
+
     result = clean(result)
     for table in results_tables(result):
         console.print(table)
+    console.print(llamabench.table(result))
     for line in crosscheck_lines(result):
         console.print(f"[{'green' if 'PASS' in line else 'red'}]{line}[/]")
     for note in notes(result):

@@ -65,7 +65,8 @@ def run_jobs(cfg: BenchConfig, threads: int, progress: Progress, job_fn: Callabl
     """Every model × prompt length, each in its own child process (or in-process for tests)."""
     rows = []
     batch_warmup, batch_repeats = (cfg.warmup, cfg.repeats) if cfg.batch_repeats is None else (0, cfg.batch_repeats)
-    jobs = [Job(run, n, cfg.gen_tokens, cfg.repeats, cfg.warmup, threads, cfg.batch_sizes, batch_warmup, batch_repeats)
+    jobs = [Job(run, n, cfg.gen_tokens, cfg.repeats, cfg.warmup, threads, cfg.batch_sizes, batch_warmup, batch_repeats,
+                depth0=n == min(cfg.prompt_lengths))
             for run in cfg.models for n in cfg.prompt_lengths]
     overall = progress.add_task(f"bench: {len(jobs)} jobs", total=len(jobs))
     for job in jobs:

@@ -41,6 +41,7 @@ class Job:
     batch_sizes: tuple[int, ...]
     batch_warmup: int = 1
     batch_repeats: int = 3
+    depth0: bool = False  # also time generation after a one-token prompt (llama-bench's tg at depth 0)
 
 
 def backend_kind(run: ModelRun) -> str:
@@ -108,7 +109,7 @@ def bench_job(emit: Callable[[dict], None], job: Job, open_fn: Callable | None =
     batch_na = batch_unsupported(kind)
     batch_sizes = () if batch_na else job.batch_sizes
     per_rep = job.warmup + job.repeats
-    emit({"total": 2 + per_rep + (job.batch_warmup + job.batch_repeats) * len(batch_sizes)})
+    emit({"total": 2 + per_rep + job.repeats * job.depth0 + (job.batch_warmup + job.batch_repeats) * len(batch_sizes)})
     emit({"step": "loading"})
     if kind == "torch":  # transformers' "Loading weights" bar would tear through the parent's progress display
         from transformers.utils import logging as hf_logging
@@ -125,6 +126,10 @@ def bench_job(emit: Callable[[dict], None], job: Job, open_fn: Callable | None =
         perf = kind == "gguf"
         _timed_streams(backend, prompts[: job.warmup], job.gen_tokens, False, emit, "warm-up")
         stats, counters = _timed_streams(backend, prompts[job.warmup :], job.gen_tokens, perf, emit, "timed run")
+        depth0 = []
+        if job.depth0:  # one-token prompts (the BOS when the model adds one): generation at depth 0
+            first = [builder.prompt(len(builder.prefix) + 1, k)[:1] for k in range(job.repeats)]
+            depth0 = [s.decode_tps for s in _timed_streams(backend, first, job.gen_tokens, False, emit, "depth 0")[0]]
         peak_single = peak_rss()
 
         if not batch_na and batch_unsupported(kind, backend):  # e.g. a llama.cpp backend without a context
@@ -146,7 +151,7 @@ def bench_job(emit: Callable[[dict], None], job: Job, open_fn: Callable | None =
             "peak_rss_mib": peak_single / MIB, "peak_rss_batch_mib": peak_batch / MIB if batches else None,
             "file_bytes": path_bytes(info.path), "weight_bytes": bytes_per_token, "weight_bytes_rule": rule,
             "batch": batches, "batch_na": batch_na,
-            "llamacpp": llamacpp_summary(counters) if perf else None,
+            "llamacpp": llamacpp_summary(counters) if perf else None, "tg_depth0_runs": depth0,
             "backend_extra": info.extra,
         }
         row["stopped_early"] = any(n < job.gen_tokens for n in row["generated"])

@@ -27,7 +27,7 @@ def bench(
     backend: list[str] = typer.Option(None, "--backend", help="auto|torch|gguf|onnx, once for all models or once per model."),
     dtype: list[str] = typer.Option(None, "--dtype", help="torch dtype fp32|bf16 (once, or once per model)."),
     quantization: list[str] = typer.Option(None, "--quantization", help="torch quantization none|nf4 (once, or per model)."),
-    prompt_lengths: str = typer.Option(None, "--prompt-lengths", help="Prompt tokens, e.g. 64,256,1024 (the default; quick: 64)."),
+    prompt_lengths: str = typer.Option(None, "--prompt-lengths", help="Prompt tokens, e.g. 64,512,1024 (the default: pp512 as llama-bench; quick: 64)."),
     gen_tokens: int = typer.Option(None, "--gen-tokens", help="Generated tokens per run (default 128; quick: 16)."),
     repeats: int = typer.Option(None, "--repeats", help="Timed repetitions per row (default 3; quick: 2)."),
     threads: int = typer.Option(0, "--threads", help="Threads per backend (0: one per physical core)."),

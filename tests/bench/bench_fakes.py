@@ -124,3 +124,17 @@ def fake_result(rows: list[dict], cpu: str = "Test CPU") -> dict:
                       "from_cache": True},
         "rows": rows,
     }
+
+
+def write_weights_gguf(path, nbytes: int):
+    """A real GGUF holding one f32 tensor of ``nbytes`` (the roofline reads the tensor table)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.ffn_up.weight", np.zeros((nbytes // 4 // 256, 256), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

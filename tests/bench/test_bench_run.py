@@ -10,7 +10,7 @@ import json
 import math
 
 import pytest
-from bench_fakes import FakeBackend, fake_result, fake_row
+from bench_fakes import FakeBackend, fake_result, fake_row, write_weights_gguf
 from rich.console import Console
 
 from distillm_edge.bench import run as bench_run
@@ -31,7 +31,7 @@ def _strict_json(path):
 
 def test_run_writes_json_report_and_charts(tmp_path, monkeypatch):
     weights = tmp_path / "m.gguf"
-    weights.write_bytes(b"\0" * (10 * 2**20))
+    write_weights_gguf(weights, 10 * 2**20)
     monkeypatch.setattr(bench_run, "cached_bandwidth", lambda threads, key: dict(BANDWIDTH))
 
     def open_fn(spec, backend, **options):
@@ -55,7 +55,7 @@ def test_run_writes_json_report_and_charts(tmp_path, monkeypatch):
         assert row["roofline"]["share"] == pytest.approx(row["decode_tps"] / bound)
         assert row["crosscheck"]["llamacpp_tps"] == pytest.approx(500)
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "llama.cpp cross-check" in report and "GGUF file size" in report and "| m.gguf · gguf Q4_0 | 16 |" in report
+    assert "llama.cpp cross-check" in report and "GGUF tensor bytes" in report and "| m.gguf · gguf Q4_0 | 16 |" in report
 
 
 def test_crosscheck_verdicts():

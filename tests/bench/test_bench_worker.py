@@ -6,7 +6,7 @@ Run: ``pytest tests/bench/test_bench_worker.py``.
 from __future__ import annotations
 
 import pytest
-from bench_fakes import FakeBackend
+from bench_fakes import FakeBackend, write_weights_gguf
 
 from distillm_edge.bench.config import ModelRun
 from distillm_edge.bench.worker import Job, backend_options, batch_unsupported, bench_job
@@ -19,16 +19,7 @@ def _job(**kw) -> Job:
 
 
 def _opener(tmp_path, **fake_kw):
-    import gguf
-    import numpy as np
-
-    weights = tmp_path / "fake.gguf"  # one 4096-byte tensor in a real GGUF (the roofline reads its tensor table)
-    writer = gguf.GGUFWriter(str(weights), "llama")
-    writer.add_tensor("blk.0.ffn_up.weight", np.zeros((32, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    weights = write_weights_gguf(tmp_path / "fake.gguf", 4096)
     made = []
 
     def open_fn(spec, backend, **options):
