@@ -95,10 +95,10 @@ def hidden_state_loss(
     total = None
     for s_layer, t_layer in layer_map.items():
         hs = _pick(student_hidden, s_layer, "student", "hidden state")
-        ht = _pick(teacher_hidden, t_layer, "teacher", "hidden state").detach()
+        ht = _pick(teacher_hidden, t_layer, "teacher", "hidden state").detach().to(hs.device)
         batch, seq = hs.shape[:2]
         if positions is not None:
-            positions = (positions[0].to(hs.device), positions[1].to(ht.device))
+            positions = (positions[0].to(hs.device), positions[1].to(hs.device))
         counted = _counted(mask, batch, seq, positions, hs.device)
         if positions is not None:
             hs, ht = _gather_positions(hs, positions[0]), _gather_positions(ht, positions[1])
@@ -108,7 +108,7 @@ def hidden_state_loss(
                 "tokenizer needs positions=(student_pos, teacher_pos) from cross_tokenizer.align_batch"
             )
         b, t = counted.nonzero(as_tuple=True)
-        hs_rows, ht_rows = hs[b, t], ht[b.to(ht.device), t.to(ht.device)].to(hs.device)
+        hs_rows, ht_rows = hs[b, t], ht[b, t]
         proj = projections[str(s_layer)] if projections is not None and str(s_layer) in projections else None
         if proj is not None:
             param = next(iter(proj.parameters()), None)
@@ -120,8 +120,8 @@ def hidden_state_loss(
             )
         mse_rows = (hs_rows.float() - ht_rows.float()).pow(2).mean(dim=-1)
         w = torch.ones_like(mse_rows) if weights is None else weights.float().to(mse_rows.device)[b]
-        denom = w.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float32)
-        layer_loss = (w * mse_rows).sum() / denom if denom > 0 else (w * mse_rows).sum() * 0.0
+        denom = w.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float32, device=w.device)
+        layer_loss = (w * mse_rows).sum() / denom.clamp_min(1e-12)  # nothing counted: 0 / tiny = 0, zero gradients
         total = layer_loss if total is None else total + layer_loss
     return total / len(layer_map)
 
@@ -180,9 +180,8 @@ def attention_loss(
         causal = torch.ones(k, k, dtype=torch.bool, device=valid.device).tril()
         pairs = (valid[:, :, None] & valid[:, None, :] & causal)[:, None].float()  # [B, 1, K, K]
         sq = (a_s - a_t).pow(2) * pairs
-        counted = pairs.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float32)
-        denom = counted * a_s.shape[1]
-        layer_loss = sq.sum() / denom if denom > 0 else sq.sum() * 0.0
+        counted = pairs.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=torch.float32, device=pairs.device)
+        layer_loss = sq.sum() / (counted * a_s.shape[1]).clamp_min(1e-12)  # nothing counted: 0, zero gradients
         total = layer_loss if total is None else total + layer_loss
     return total / len(layer_map)
 

@@ -199,3 +199,20 @@ def test_l2_penalty_plain_and_drift_from_reference():
     with pytest.raises(ValueError, match="reference"):
         l2_penalty(params, ref[:1])
     assert l2_penalty([]) == 0
+
+
+def test_teacher_tensors_on_another_device_are_moved_to_the_students(monkeypatch):
+    """A teacher on another GPU returns hidden states/attentions there; the losses move them to the student's device.
+    Stand-in for two GPUs on a CPU machine: the student's tensors on the meta device, the teacher's on the CPU."""
+    import torch.fx.experimental._config as fx_config
+
+    monkeypatch.setattr(fx_config, "meta_nonzero_assume_all_nonzero", True)  # nonzero() on meta tensors
+    hs = [randn(B, T, 8, seed=i).to("meta") for i in range(2)]
+    ht = [randn(B, T, 8, seed=10 + i) for i in range(2)]
+    mask = torch.ones(B, T, dtype=torch.bool, device="meta")
+    assert hidden_state_loss(hs, ht, {1: 1}, mask).device.type == "meta"
+    sp = tp = torch.tensor([[0, 2, 3], [1, 2, 4]])  # positions arrive from the batch, on the CPU
+    assert hidden_state_loss(hs, ht, {1: 1}, mask, positions=(sp, tp)).device.type == "meta"
+    a_s, a_t = attn(B, 2, T, 1).to("meta"), attn(B, 2, T, 2)
+    assert attention_loss([a_s], [a_t], {0: 0}, torch.ones(B, T, device="meta")).device.type == "meta"
+    assert attention_loss([a_s], [a_t], {0: 0}, positions=(sp, tp), cross_tokenizer=True).device.type == "meta"
