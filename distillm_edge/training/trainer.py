@@ -6,13 +6,17 @@
   teachers (frozen, eval mode), the student (cut from a model by layer selection, optionally
   LoRA/QLoRA through peft), hidden-state projections, learned vocabulary projections
   (``cross_tokenizer.method: projection`` only), AdamW + warmup/cosine LR, Accelerate (device
-  placement, mixed precision, DDP under ``accelerate launch``), and a checkpoint to resume from;
+  placement, bf16 autocast, DDP under ``torchrun``/``accelerate launch``), the "before" held-out
+  scores, and a checkpoint to resume from;
 - ``train``: per optimizer step, ``grad_accum`` micro-batches (``step.py``); each runs the teachers
   under ``torch.inference_mode()`` and the student, and ``step.compute_loss`` mixes
-  ``(1 - kd_weight) CE + kd_weight KD`` (+ hidden-state, attention and L2 terms, and the
-  vocabulary projections' own cross-entropy, which trains only them). A NaN/inf
-  loss or gradient skips the step (counted); ``max_bad_steps`` in a row stop the run with a
-  message. Checkpoints every ``save_every`` steps; Ctrl-C saves one and exits;
+  ``(1 - kd_weight) CE + kd_weight KD`` (+ hidden-state and attention terms, and the
+  vocabulary projections' own cross-entropy, which trains only them), every term normalized by
+  the counted tokens of the whole step over all processes. L2-SP adds its gradient once per
+  step. A NaN/inf loss or gradient skips the step (counted); ``max_bad_steps`` in a row stop the
+  run with a message. Checkpoints every ``save_every`` steps; Ctrl-C saves one and exits (a
+  Ctrl-C during the optimizer update is held until the step is counted, so a resume never
+  applies it twice); a resume that changes the loss settings needs ``--allow-config-change``;
 - ``finish``: the student as a Hugging Face checkpoint (``model/``), the before/after held-out
   table (``report.md``, ``summary.json``), the loss-curve PNG, and any learned vocabulary
   projection as ``projection-<teacher>.safetensors`` (for inspection; not part of the model);
