@@ -170,7 +170,11 @@ def evaluate_generation(backend: Backend, items: list[GenItem], max_new_tokens: 
             progress()
     references = [item.reference for item in items]
     nll = text_metrics.total_nll(logprobs)
-    metrics = {**text_metrics.rouge(predictions, references), **text_metrics.bleu(predictions, references),
+    per_item = text_metrics.rouge_items(predictions, references)
+    for sample, scores in zip(samples, per_item):
+        sample["rougeL"] = round(scores["rougeL"], 4)
+    rouge = {key: sum(i[key] for i in per_item) / len(per_item) for key in ("rouge1", "rouge2", "rougeL")}
+    metrics = {**rouge, **text_metrics.bleu(predictions, references),
                "bits_per_byte": text_metrics.bits_per_byte(nll, n_bytes),
                "byte_perplexity": text_metrics.unit_perplexity(nll, n_bytes),
                "word_perplexity": text_metrics.unit_perplexity(nll, n_words),

@@ -21,6 +21,7 @@
   ``ci95`` is mean ± 1.96 standard errors (normal approximation; lm-eval prints only the stderr).
   ``paired_difference``: two models on the same items, the mean per-item difference with its
   standard error and 95% interval; the difference is *within noise* when that interval holds 0.
+  ``paired_total_difference`` does the same for bits per byte (per-item bits over the same bytes).
 
 Test: ``pytest tests/eval/test_metrics.py`` (each against a naive reference loop).
 """
@@ -118,6 +119,19 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
     mean, se = float(d.mean()), mean_stderr(d)
     lo, hi = ci95(mean, se)
     return {"diff": mean, "stderr": se, "ci95": [lo, hi], "within_noise": bool(lo <= 0.0 <= hi)}
+
+
+def paired_total_difference(a: np.ndarray, b: np.ndarray, denominator: float) -> dict:
+    """``sum(a - b) / denominator`` for per-item totals over the same fixed units (e.g. bits over the
+    same bytes: the difference in bits per byte), with its stderr sqrt(n) * sd(a - b) / denominator."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0 or denominator <= 0:
+        raise ValueError("a paired total difference needs two equal, non-empty arrays and a positive denominator")
+    d = a - b
+    diff = float(d.sum() / denominator)
+    se = float(math.sqrt(d.size) * d.std(ddof=1) / denominator) if d.size > 1 else 0.0
+    lo, hi = ci95(diff, se)
+    return {"diff": diff, "stderr": se, "ci95": [lo, hi], "within_noise": bool(lo <= 0.0 <= hi)}
 
 
 def retention(metric: str, student: float | None, teacher: float | None) -> float | None:

@@ -21,6 +21,7 @@ Test: ``pytest tests/eval/test_run.py`` (writes and checks a run directory).
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 from pathlib import Path
@@ -106,6 +107,14 @@ def compare(results: dict, samples: dict | None = None) -> tuple[dict, dict, dic
             mine, theirs = _correct(samples.get("model", {}), tasks, row), _correct(samples.get(role, {}), tasks, row)
             if mine is not None and theirs is not None and mine.shape == theirs.shape:
                 noise[role][row] = metrics.paired_difference(mine, theirs)
+        gen = {r: samples.get(r, {}).get("generation") for r in ("model", role)}
+        if gen["model"] and gen[role] and len(gen["model"]) == len(gen[role]):
+            # both models scored the same reference text: per-item differences are paired
+            n_bytes = sum(s["reference_bytes"] for s in gen["model"])
+            bits = {r: np.array([s["reference_nll"] for s in gen[r]]) / math.log(2) for r in gen}
+            noise[role]["generation bits_per_byte"] = metrics.paired_total_difference(bits["model"], bits[role], n_bytes)
+            noise[role]["generation rougeL"] = metrics.paired_difference(
+                np.array([s["rougeL"] for s in gen["model"]]), np.array([s["rougeL"] for s in gen[role]]))
     return retention, improvement, noise
 
 
@@ -120,11 +129,11 @@ def _fmt_acc(result: dict, row: str, digits: int = 2) -> str:
     return _fmt(value, digits) + (f" ± {se:.{digits}f}" if se is not None and value is not None else "")
 
 
-def _fmt_noise(entry: dict | None) -> str:
+def _fmt_noise(entry: dict | None, digits: int = 2) -> str:
     if not entry:
         return "–"
     lo, hi = entry["ci95"]
-    return f"{entry['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}]" + (" ~" if entry["within_noise"] else "")
+    return f"{entry['diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" + (" ~" if entry["within_noise"] else "")
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -150,7 +159,7 @@ def summary_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         for role, key in (("teacher", "retention"), ("baseline", "improvement")):
             if role in results:
                 line.append("per model" if _kind(row) in metrics.PER_TOKEN else _fmt(summary[key].get(row), 3 if role == "teacher" else digits))
-                line.append(_fmt_noise(noise.get(role, {}).get(row)))
+                line.append(_fmt_noise(noise.get(role, {}).get(row), digits))
         rows.append(line)
     return headers, rows
 
@@ -177,8 +186,9 @@ NOTES = (
     "Retention is student / teacher (teacher / student for bits per byte, word/byte perplexity, ECE and Brier, "
     "so > 1 is better than the teacher); improvement is student - baseline (sign flipped for those metrics). "
     "Retention and improvement use tokenizer-free measures only: token perplexity and next-token accuracy depend "
-    "on each model's tokenizer and are shown per model. Δ is the paired per-item accuracy difference "
-    "(student - other, points) with its 95% interval; ~ marks a difference within noise (the interval holds 0)."
+    "on each model's tokenizer and are shown per model. Δ is the paired per-item difference (student - other: "
+    "accuracy and ROUGE-L points, bits per byte over the same bytes) with its 95% interval; ~ marks a difference "
+    "within noise (the interval holds 0)."
 )
 
 

@@ -25,18 +25,19 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+def rouge_items(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]]:
+    """Per-pair ROUGE-1/2/L F1 (0-100)."""
     from rouge_score import rouge_scorer
 
     if len(predictions) != len(references) or not predictions:
         raise ValueError("ROUGE needs as many predictions as references (and at least one)")
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    for pred, ref in zip(predictions, references):
-        scores = scorer.score(ref, pred)
-        for key in totals:
-            totals[key] += scores[key].fmeasure
-    return {key: 100.0 * value / len(predictions) for key, value in totals.items()}
+    return [{k: 100.0 * v.fmeasure for k, v in scorer.score(ref, pred).items()} for pred, ref in zip(predictions, references)]
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    items = rouge_items(predictions, references)
+    return {key: sum(i[key] for i in items) / len(items) for key in ("rouge1", "rouge2", "rougeL")}
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -84,5 +84,9 @@ def test_retention_across_tokenizers_uses_the_same_text_and_no_per_token_ratio(t
     assert retention["generation bits_per_byte"] == pytest.approx(teacher["bits_per_byte"] / student["bits_per_byte"])
     assert "generation rougeL" in retention and "generation word_perplexity" in retention
     assert not [row for row in retention if "token" in row]  # token perplexity / next-token accuracy: per model only
+    # the bits-per-byte difference is paired over the same bytes, with an interval
+    noise = summary["noise"]["teacher"]["generation bits_per_byte"]
+    assert noise["diff"] == pytest.approx(student["bits_per_byte"] - teacher["bits_per_byte"], rel=1e-4)
+    assert noise["ci95"][0] <= noise["diff"] <= noise["ci95"][1]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| generation token_perplexity |" in report and "per model" in report

@@ -132,3 +132,12 @@ def test_paired_difference_within_noise_or_not():
     assert res["diff"] == pytest.approx(35 / 40) and not res["within_noise"]
     d = better - worse
     assert res["stderr"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(40))
+
+
+def test_paired_total_difference_is_the_difference_of_ratios():
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(10, 50, 12), rng.uniform(10, 50, 12)
+    res = metrics.paired_total_difference(a, b, 400.0)
+    assert res["diff"] == pytest.approx(a.sum() / 400 - b.sum() / 400)
+    assert res["stderr"] == pytest.approx(np.sqrt(12) * np.std(a - b, ddof=1) / 400)
+    assert metrics.paired_total_difference(a, a, 400.0)["within_noise"]

@@ -58,6 +58,7 @@ def test_run_writes_a_reproducible_run_dir(tmp_path, tiny_llama_dir, shared_data
     assert "generation token_perplexity" not in summary["retention"]  # per-token: shown per model only
     assert summary["improvement"]["medqa_dev acc"] == 0.0
     assert summary["noise"]["teacher"]["mmlu_medical_val micro acc"]["within_noise"]
+    assert summary["noise"]["teacher"]["generation bits_per_byte"]["diff"] == 0.0
     report = (out / "report.md").read_text()
     assert "| mmlu_medical_val macro acc |" in report and "retention" in report and "within noise" in report
 
