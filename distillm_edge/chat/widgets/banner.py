@@ -1,5 +1,6 @@
-"""The escalation banner: shown while a question or draft trips an active red flag, with each
-matched rule, its severity, the matched words and the advice; says approval needs acknowledgment.
+"""The escalation banner: shown while a question or draft trips an active red flag. Its first line
+says approval needs acknowledgment (so it is never cut off); then each matched rule with its
+severity, the matched words and the advice (the acknowledgment screen lists them all in full).
 
 Test: ``pytest tests/chat/test_chat_app.py::test_red_flag_needs_acknowledgment``.
 """
@@ -14,7 +15,7 @@ from distillm_edge.safety.redflags import Hit
 
 class RedFlagBanner(Static):
     DEFAULT_CSS = """
-    RedFlagBanner { height: auto; max-height: 7; display: none;
+    RedFlagBanner { height: auto; max-height: 8; display: none;
                     background: $error; color: $text; padding: 0 1; }
     RedFlagBanner.shown { display: block; }
     """
@@ -30,16 +31,19 @@ class RedFlagBanner(Static):
         self.update(self.render_text() if self.hits else "")
 
     def render_text(self) -> Text:
-        seen, text = set(), Text()
+        """The decision first (it must never be cut off), then each rule with its advice."""
+        if self.acknowledged:
+            text = Text("⚠ RED FLAG · escalation acknowledged\n", style="bold")
+        else:
+            text = Text("⚠ RED FLAG · approval blocked until acknowledged: press a, then type ack\n",
+                        style="bold")
+        seen = set()
         for hit in self.hits:
             if hit.rule_id in seen:
                 continue
             seen.add(hit.rule_id)
-            text.append(f"⚠ RED FLAG · {hit.severity.upper()} · {hit.title}\n", style="bold")
-            text.append(f"rule {hit.rule_id} · “{hit.matched}” in the {hit.source}\n")
+            text.append(f"{hit.severity.upper()} · {hit.title}", style="bold")
+            text.append(f" · rule {hit.rule_id} · “{hit.matched}” in the {hit.source}\n")
             text.append(f"{hit.advice}\n")
-        if self.acknowledged:
-            text.append("Escalation acknowledged.", style="bold")
-        else:
-            text.append("Approval blocked until acknowledged: press a, then type ack.", style="bold")
+        text.rstrip()
         return text
