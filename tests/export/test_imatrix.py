@@ -149,3 +149,22 @@ def test_imatrix_option_only_for_llamacpp_types():
     for kwargs in ({"quant": "f16"}, {"format": "onnx", "quant": "int4"}):
         with pytest.raises(UserError, match="--imatrix"):
             ExportConfig(model="m", imatrix="builtin", **kwargs)
+
+
+@pytest.mark.slow
+def test_smollm2_iq4_xs_with_imatrix_is_not_worse_on_held_out_text(tmp_path, smollm2_dir, smollm2_tokenizer):
+    from distillm_edge.export import gguf_quantize
+    from distillm_edge.export.checkpoint import open_checkpoint
+    from distillm_edge.export.gguf_convert import write_gguf
+
+    f32 = tmp_path / "smollm2-f32.gguf"
+    write_gguf(open_checkpoint(smollm2_dir), smollm2_tokenizer, f32, "f32", "smollm2")
+    values = im.compute(smollm2_dir, im.calibration_texts()[:80], threads=2).values()
+    plain, weighted = tmp_path / "plain.gguf", tmp_path / "imatrix.gguf"
+    gguf_quantize.quantize(f32, plain, "iq4_xs", threads=2)
+    report = gguf_quantize.quantize(f32, weighted, "iq4_xs", threads=2, imatrix=values)
+    assert not [t for t in report.imatrix_missing if t.startswith("blk.")]
+    assert plain.read_bytes() != weighted.read_bytes()
+    held = im.held_out_texts()[:30]
+    reference = _held_out_nll(f32, held)
+    assert _held_out_nll(weighted, held) - reference <= (_held_out_nll(plain, held) - reference) * 1.02
