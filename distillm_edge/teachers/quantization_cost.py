@@ -23,9 +23,9 @@ Test: ``pytest tests/teachers/test_quantization_cost.py``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -162,7 +162,7 @@ def run(cfg: QuantizationCostConfig) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one line per 8 examples instead
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per int8 matmul otherwise
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # else one "inputs will be cast" line per int8 matmul
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     full, tokenizer = load_model(cfg.teacher, LoadOptions(dtype=cfg.dtype, device=cfg.device), progress=False)
