@@ -77,7 +77,7 @@ def test_packed_row_gives_each_example_its_unpacked_logits(tiny_llama, records, 
 
 def test_packed_equals_the_padded_batch_per_example(tiny_llama, records):
     model, tok = tiny_llama
-    examples, _ = encode_records(records, tok, {}, 96)
+    examples, _ = encode_records(records, tok, {}, 256)  # no truncation: the examples keep different lengths
     padded = collate(examples, tok.pad_token_id, {})
     pb = collate_packed(examples, tok.pad_token_id, {})
     assert torch.equal(padded.targets, pb.batch.targets) and torch.equal(padded.row_sample, pb.batch.row_sample)
