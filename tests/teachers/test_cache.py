@@ -144,7 +144,9 @@ def test_cross_tokenizer_cache_matches_the_online_shared_vocabulary_loss(tiny_ll
 
     records = list(datasets.load_from_disk(str(tiny_data))["train"])
     examples, _ = encode_records(records, s_tok, {0: t_tok}, max_length)
-    assert len(examples) >= 6 and any(e.student.truncated for e in examples) == (max_length == 64)
+    assert len(examples) >= 6
+    if max_length == 64:
+        assert any(e.student.truncated for e in examples)
     full = build(cross_teacher_dir, tiny_data, tmp_path / "full", tiny_llama_dir, top_k=len(t_tok), max_length=4 * max_length)
     build(cross_teacher_dir, tiny_data, tmp_path / "top16", tiny_llama_dir, top_k=16, max_length=4 * max_length)
     assert full["settings"]["student_tokenizer"] is not None
