@@ -41,14 +41,19 @@ faithful teacher near τ = 1 (the floor of the progressive schedule) and a coars
 
 Integration (the trainer, once issue 9's refactor lands):
 
-- config: ``teachers[i].cache: DIR`` (optional); such a teacher loads no weights;
-- setup: ``cached = CachedTeacher.open(dir, data_dir=<prepared data>, teacher_tokenizer=...,
-  student_tokenizer=...)`` (checks dataset hash, tokenizers, train_on_prompt);
-- step: ``rows = cached.rows_for(examples, batch)`` (``examples`` = the micro-batch's ``Example``s
-  in batch order, ``batch`` its ``Batch`` or packed ``PackedBatch.batch``), then
-  ``cached_kd_loss(logits, rows, temperature=tau, kind=cfg.divergence, weights=row_w,
-  vocab_map=None if same tokenizer else cached.vocab_map)`` in place of ``kd_loss`` /
-  ``cross_tokenizer_kd`` in ``trainer.distillation`` (``logits`` = the student's flat rows [1, N, V]).
+- config: ``teachers[i].cache: DIR`` (optional); such a teacher loads no weights, and
+  ``encode_records`` needs no view for it (alignment comes from the cached offsets);
+- setup: ``cached = CachedTeacher.open(dir, data_dir=<prepared data>, student_tokenizer=tokenizer,
+  train_on_prompt=cfg.train_on_prompt)`` (checks completeness, dataset hash, the student tokenizer
+  of the shared vocabulary, prompt masking); the temperature schedule must stay within
+  ``cached.temperatures`` (an error names the range otherwise);
+- step (``step.distillation``): ``rows = cached.rows_for(examples)`` (the micro-batch's ``Example``s
+  in batch order; the flat-row order is the same for a padded ``Batch`` and a ``PackedBatch``), then
+  ``cached_kd_loss(logits, rows, temperature=tau, kind=cfg.divergence, beta=..., skew=...,
+  weights=row_w, normalizer=<the step's row count, as for the online term>, vocab_map=None if the
+  teacher shares the tokenizer else cached.vocab_map)`` in place of ``kd_loss`` /
+  ``cross_tokenizer_kd`` (``logits`` = the student's flat rows [1, N, V]); log
+  ``rows.unmatched`` like the online alignment diagnostics.
 
 Test: ``pytest tests/teachers/test_cache.py tests/training/test_logit_cache.py``.
 """
