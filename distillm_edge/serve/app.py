@@ -319,6 +319,9 @@ def create_app(svc: Service) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
+        failure = svc.engine.scheduler.failure if svc.engine.scheduler is not None else None
+        if failure:  # the llama.cpp decode loop stopped: every generation now fails
+            return JSONResponse({"status": "error", "error": "generation engine stopped (see the server log)"}, 503)
         return {"status": "stopping" if svc.stopping else "ok", "model": svc.model_id,
                 "slots": svc.engine.slots, "slots_busy": svc.engine.running, "queue_depth": svc.engine.queued}
 
