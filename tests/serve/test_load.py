@@ -5,7 +5,8 @@
 - a client that disconnects mid-stream cancels its generation: the backend stream is closed
   early, the slot is free for the next request, and the audit log records the cancelled draft;
 - the engine's admission counter never leaks, and a request waiting for a slot gives up when
-  cancelled.
+  cancelled;
+- ``/healthz`` answers 503 once the llama.cpp decode loop has stopped, without its internals.
 
 Run: ``pytest tests/serve/test_load.py`` (seconds).
 """
@@ -100,3 +101,18 @@ def test_engine_admission_and_cancel_while_waiting():
     engine.release()
     engine.release()
     assert engine.admitted == 0 and engine.admit()
+
+
+def test_healthz_reports_a_stopped_decode_loop(tmp_path):
+    class StoppedScheduler:  # what SlotScheduler looks like after a llama_decode failure
+        failure = "RuntimeError: llama_decode returned -3"
+        running = waiting = 0
+
+        def close(self):
+            pass
+
+    with running_server(ScriptedBackend(), tmp_path) as (url, svc):
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        svc.engine.scheduler = StoppedScheduler()
+        r = httpx.get(f"{url}/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "error" and "llama_decode" not in r.text
