@@ -270,3 +270,19 @@ async def test_quit_with_an_open_draft_logs_it(make_session, make_app):
         await pilot.pause()
     rows = list(session.audit.rows())
     assert [r["action"] for r in rows] == ["session_start", "cancel"] and rows[-1]["reason"] == "quit"
+
+
+async def test_a_model_that_fails_to_load_is_reported(make_session, make_app, tmp_path):
+    from distillm_edge.chat.widgets.status import StatusLine
+    from distillm_edge.errors import UserError
+
+    def broken():
+        raise UserError(f"{tmp_path}/missing.gguf: llama.cpp could not load this GGUF file")
+
+    session = make_session()
+    session._loader = broken
+    async with make_app(session).run_test() as pilot:
+        await wait_for(pilot, lambda: "Could not load" in pilot.app.chat.query_one(StatusLine).status, "the error")
+        assert "missing.gguf" in pilot.app.chat.query_one(StatusLine).status
+        assert pilot.app.chat.query_one("#question", Input).disabled
+    assert actions(session) == []  # no model, no session_start

@@ -152,6 +152,7 @@ class ChatScreen(Screen):
         self.refresh_bindings()
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self.input.disabled = True  # nothing can be answered; the error stays readable until ctrl+q
         self.status.show(f"Could not load the model: {message.error} (ctrl+q quits)", kind="error")
 
     # --- asking ----------------------------------------------------------------------------------
@@ -342,6 +343,7 @@ class ChatScreen(Screen):
                 self.session.resume(conversation_id)
                 self._show_conversation()
                 self.status.show(f"Resumed “{self.session.conversation_title}”.")
+            self._show_context()  # the open conversation may have been renamed
             self.input.focus()
 
         self.app.push_screen(ConversationsScreen(self.session, self.export_dir), done)
