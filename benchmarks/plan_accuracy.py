@@ -135,7 +135,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="plan-accuracy-") as tmp:
         for name in args.case or CASES:
-            env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1")
+            env = dict(os.environ, OMP_NUM_THREADS="2", OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--work", tmp], env=env,
                                   capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

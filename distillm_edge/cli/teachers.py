@@ -32,6 +32,9 @@ def quantization_cost(
     out: str = typer.Option(None, "--out", "-o", help="Also write the report as JSON to this file."),
 ) -> None:
     """Mean KL(full || quantized) and top-1 agreement of a teacher in NF4 / int8 on held-out data."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `train`: spinning OpenMP threads crawl on a shared CPU
     with friendly_errors():
         from distillm_edge.teachers.quantization_cost import QuantizationCostConfig, run
 

@@ -267,6 +267,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
     from distillm_edge.models import load_tokenizer
     from distillm_edge.training.alignment import make_projections
     from distillm_edge.training.evaluation import evaluate_before
+    from distillm_edge.training.plan import refuse_if_unfit
     from distillm_edge.training.precision import make_optimizer
     from distillm_edge.training.schedules import lr_lambda
 
@@ -295,6 +296,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
         log.say(f"teacher {t.name}: weight {t.weight:.2f}, "
                 + ("same tokenizer" if t.same_tokenizer else f"other tokenizer, {len(t.vocab_map[0]):,} shared tokens")
                 + (f" ({t.tokenizer_note})" if t.tokenizer_note else ""))
+    refuse_if_unfit(cfg, processes=accelerator.num_processes)  # memory planner: what cannot fit stops before loading
     train_examples, valid_examples = load_examples(cfg, tokenizer, teachers, log)
 
     # models

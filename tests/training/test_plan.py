@@ -229,3 +229,21 @@ def test_a_cpu_run_plans_against_ram(monkeypatch):
     assert not any("CUDA" in label for label, _ in p.devices[0].lines)
     tight, refused = plan.verdict(cfg, plan.model_counts(cfg), plan.baseline_setup(cfg, 0, 1 * GiB))
     assert not tight.fits and "does not fit" in refused
+
+
+def test_trainer_refuses_a_run_that_cannot_fit_before_loading_weights(monkeypatch, tmp_path, tiny_llama_dir, tiny_data):
+    import distillm_edge.models as models
+    from distillm_edge.training import trainer
+
+    def no_weights(*a, **k):
+        raise AssertionError("weights loaded before the memory check")
+
+    monkeypatch.setattr(models, "load_model", no_weights)
+    cfg = resolve_config("tiny-cpu", overrides={
+        "teachers": [{"model": str(tiny_llama_dir)}], "student": {"model": str(tiny_llama_dir), "layers": None},
+        "data": str(tiny_data), "out": str(tmp_path / "run"), "max_steps": 1, "progress": False, "tensorboard": False})
+    monkeypatch.setattr(plan, "local_devices", lambda: (0, 1 << 20))  # a 1 MiB machine
+    _, message = plan.verdict(cfg, plan.model_counts(cfg), plan.baseline_setup(cfg, 0, 1 << 20))
+    with pytest.raises(UserError) as err:
+        trainer.run(cfg)
+    assert message in str(err.value) and "does not fit" in message
