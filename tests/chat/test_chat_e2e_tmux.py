@@ -75,7 +75,7 @@ def test_chat_in_a_real_terminal(tmp_path):
 
         tmux.keys("C-o")  # settings: max tokens 24 keeps the run short
         tmux.wait_for("Generation settings")
-        tmux.keys("Tab", "Tab")
+        tmux.keys("Tab", "Tab", "End", *["BSpace"] * 6)  # clear the field whatever its selection
         tmux.type("24")
         tmux.keys("C-s")
         tmux.wait_for("max tokens 24")
