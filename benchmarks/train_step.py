@@ -34,8 +34,21 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see cli/train.py: spinning OpenMP threads stall on shared CPUs
 
 
-def timed(variants: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each variant (a callable), interleaved; one warm-up round."""
+PEAK = {}  # dtype name -> (a, b, matmuls per timing), set in main
+
+
+def timed(variants: dict, repeats: int, peaks: dict | None = None) -> dict[str, float]:
+    """Median seconds of each variant (a callable), interleaved; one warm-up round.
+
+    With ``peaks`` (a dict), the matmul peak of each dtype is timed in the same rounds and written
+    there (FLOP/s): MFU against a peak measured under the same CPU contention as the step.
+    """
+    import torch
+
+    variants = dict(variants)
+    if peaks is not None:
+        for name, (a, b, n) in PEAK.items():
+            variants[f"_peak_{name}"] = lambda a=a, b=b, n=n: [torch.mm(a, b) for _ in range(n)]
     times: dict[str, list[float]] = {name: [] for name in variants}
     for rep in range(repeats + 1):
         for name, fn in variants.items():
@@ -43,12 +56,17 @@ def timed(variants: dict, repeats: int) -> dict[str, float]:
             fn()
             if rep:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    out = {name: statistics.median(ts) for name, ts in times.items()}
+    if peaks is not None:
+        for name, (a, _, n) in PEAK.items():
+            peaks[name] = n * 2.0 * a.shape[0] ** 3 / out.pop(f"_peak_{name}")
+    return out
 
 
-def table(title: str, rows: list[tuple[str, float, float, float]], base: str) -> None:
-    """rows: (name, tokens, seconds, flops, peak)."""
+def table(title: str, rows: list[tuple[str, float, float, float, float]], base: str) -> None:
+    """rows: (name, tokens, seconds, flops, peak FLOP/s)."""
     print(f"\n## {title}")
+    print(f"(peaks timed alongside: {', '.join(sorted({f'{p / 1e9:.0f}' for *_, p in rows}))} GFLOP/s)")
     print(f"{'variant':<44} {'tokens/s':>9} {'ratio':>7} {'MFU':>7} {'median s':>9}")
     ref = next(tok / s for name, tok, s, _, _ in rows if name == base)
     for name, tok, s, flops, peak in rows:
@@ -218,9 +236,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()
     peaks = {"fp32": measure_peak(torch.float32), "bf16": measure_peak(torch.bfloat16)}
-    print(f"threads {torch.get_num_threads()}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; measured matmul peak "
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):  # ~1 s of matmuls per timing
+        PEAK[name] = (torch.randn(1024, 1024).to(dtype), torch.randn(1024, 1024).to(dtype),
+                      max(1, int(peaks[name] / (2.0 * 1024**3))))
+    print(f"threads {torch.get_num_threads()}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; start-up matmul peak "
           f"(1024^3, median of 5): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
-          f"({peaks['bf16'] / peaks['fp32']:.1f}x)")
+          f"({peaks['bf16'] / peaks['fp32']:.1f}x); each table's MFU uses the peak re-timed inside its own rounds")
     if {"precision", "packing", "cache"} & set(sections):
         mine(args, sections, peaks)
     if "trainer" in sections:
@@ -242,7 +263,8 @@ def mine(args, sections, peaks) -> None:
     b.student.train()
     if "precision" in sections:
         secs = timed({"fp32": lambda: [b.step(x) for x in batches],
-                      "bf16 autocast (fp32 master weights)": lambda: [b.step(x, autocast=True) for x in batches]}, args.repeats)
+                      "bf16 autocast (fp32 master weights)": lambda: [b.step(x, autocast=True) for x in batches]}, args.repeats,
+                     peaks)
         table(f"precision: default two-teacher step, {len(batches)} micro-batches of {args.batch_size} ({tokens} tokens)",
               [("fp32", tokens, secs["fp32"], flops, peaks["fp32"]),
                ("bf16 autocast (fp32 master weights)", tokens, secs["bf16 autocast (fp32 master weights)"], flops,
@@ -265,7 +287,8 @@ def mine(args, sections, peaks) -> None:
                 b.optimizer.step()
                 b.optimizer.zero_grad(set_to_none=True)
 
-        secs = timed({"padded": lambda: [b.step(x, teachers=False) for x in padded], "packed": run_packed}, args.repeats)
+        secs = timed({"padded": lambda: [b.step(x, teachers=False) for x in padded], "packed": run_packed}, args.repeats,
+                     peaks)
         share = padding_share([list(range(i, i + len(g))) for i, g in zip(range(0, len(pex), args.pack_size), pgroups)],
                               [len(e.student.ids) for e in pex])
         table(f"packing: student CE step, {len(pgroups)} micro-batches of {args.pack_size} ({ptok} tokens; padded "
@@ -305,7 +328,8 @@ def section_cache(args, b, examples, batches, tokens, flops, peaks) -> None:
         gap_table(b, batches)
         cflops = b.flops(examples, teachers=False)
         secs = timed({"online": lambda: [b.step(x) for x in batches],
-                      "cached": lambda: [b.step(x, cached=(g, caches)) for x, g in zip(batches, groups)]}, args.repeats)
+                      "cached": lambda: [b.step(x, cached=(g, caches)) for x, g in zip(batches, groups)]}, args.repeats,
+                     peaks)
         table(f"cache: default two-teacher step, {len(batches)} micro-batches of {args.batch_size} ({tokens} tokens)",
               [("online (both teachers run)", tokens, secs["online"], flops, peaks["fp32"]),
                ("cached (top-k from the cache)", tokens, secs["cached"], cflops, peaks["fp32"])],
