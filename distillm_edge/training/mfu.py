@@ -25,7 +25,10 @@ Integration (the trainer, once issue 9's refactor lands):
 
 - setup: ``peak = measure_peak(torch.bfloat16 if autocast_bf16 else torch.float32)`` (≈ 1-2 s),
   logged once (``peak GFLOP/s``); ``shape = ModelShape.from_config(student.config)`` and one per
-  teacher;
+  teacher. On a shared CPU the start-up peak drifts with the neighbours' load (measured here:
+  15-57 GFLOP/s fp32 within an hour, against ~220 idle), so MFU is only meaningful on an idle
+  machine or against a peak re-timed alongside the steps (``benchmarks/train_step.py`` does the
+  latter); say which in the log;
 - per step: ``flops = sum(train_flops_per_token(shape, T, head_rows=N/T) * T for each sequence) +
   teacher forward_flops_per_token(...)`` (or ``step_flops`` below), ``mfu = flops / dt / peak``;
   log ``mfu`` next to ``tokens_per_s``.
