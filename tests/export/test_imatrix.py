@@ -151,6 +151,21 @@ def test_imatrix_option_only_for_llamacpp_types():
             ExportConfig(model="m", imatrix="builtin", **kwargs)
 
 
+
+def test_export_with_builtin_imatrix_saves_it_and_records_it(tmp_path, tiny_llama_dir):
+    from distillm_edge.export import ExportConfig, run
+
+    result = run(ExportConfig(model=str(tiny_llama_dir), quant="q4_0", imatrix="builtin", outdir=tmp_path,
+                              verify=False, threads=2))
+    info = result.manifest["export"]["imatrix"]
+    saved = tmp_path / f"{tiny_llama_dir.name}.imatrix.gguf"
+    assert info["file"] == str(saved) and saved.is_file() and info["entries"] == 14
+    assert info["datasets"] == [im.BUILTIN_DATASET] and info["chunk_count"] >= 1
+    assert not [t for t in info["missing"] if t.startswith("blk.")]
+    again = run(ExportConfig(model=str(tiny_llama_dir), quant="q4_0", imatrix=str(saved), outdir=tmp_path / "b",
+                             verify=False, threads=2))  # the saved file is taken back as --imatrix FILE
+    assert again.artifact.read_bytes() == result.artifact.read_bytes()
+
 @pytest.mark.slow
 def test_smollm2_iq4_xs_with_imatrix_is_not_worse_on_held_out_text(tmp_path, smollm2_dir, smollm2_tokenizer):
     from distillm_edge.export import gguf_quantize
