@@ -177,11 +177,13 @@ class ChatSession:
         settings = replace(self.settings, seed=self.settings.seed + self._generations)
         messages = [{"role": "system", "content": self.system_prompt}, *self.history,
                     {"role": "user", "content": question}]
-        try:
-            kept, dropped = fit_messages(self.backend, messages, self.n_ctx, reserve=settings.max_new_tokens)
-        except UserError as exc:
-            raise SessionError(str(exc)) from None
-        prompt_ids = self.backend.chat_ids(kept)
+        prompt_ids, kept, dropped = self.backend.chat_ids(messages), messages, 0
+        if len(prompt_ids) + settings.max_new_tokens > self.n_ctx:  # rare: only then trim (and re-tokenize)
+            try:
+                kept, dropped = fit_messages(self.backend, messages, self.n_ctx, reserve=settings.max_new_tokens)
+            except UserError as exc:
+                raise SessionError(str(exc)) from None
+            prompt_ids = self.backend.chat_ids(kept)
         self._generations += 1
         self.turn = Turn(question=question, messages=kept, prompt_ids=prompt_ids, dropped=dropped,
                          settings=settings, question_check=assess(self.rules, question))
