@@ -11,7 +11,7 @@ from __future__ import annotations
 import stat
 
 import pytest
-from conftest import GatedBackend, actions, ask, posted_of, wait_for
+from chat_helpers import GatedBackend, actions, ask, posted_of, wait_for
 from textual.widgets import Input, TextArea
 
 from distillm_edge.chat.messages import DraftDelta, GenerationDone, ModelLoaded

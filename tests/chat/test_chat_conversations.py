@@ -9,7 +9,7 @@ from __future__ import annotations
 import stat
 
 import pytest
-from conftest import actions, ask
+from chat_helpers import actions, ask
 from textual.widgets import Input, OptionList
 
 from distillm_edge.chat.screens.confirm import ConfirmScreen

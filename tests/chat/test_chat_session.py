@@ -7,7 +7,7 @@ Run: ``pytest tests/chat/test_chat_session.py``.
 from __future__ import annotations
 
 import pytest
-from conftest import actions, ask
+from chat_helpers import actions, ask
 
 from distillm_edge.chat.session import AckRequired, SessionError, State
 from distillm_edge.chat.widgets.status import StatusLine

@@ -8,7 +8,7 @@ SVGs under ``tests/chat/__snapshots__``).
 
 from __future__ import annotations
 
-from conftest import ask
+from chat_helpers import ask
 
 from distillm_edge.chat.app import build_app
 

@@ -1,0 +1,62 @@
+"""Helpers for the chat tests: drive the app with the pilot, read the audit log, and a backend
+wrapper whose stream pauses after its first token until the test releases it.
+
+Run: imported by ``tests/chat/test_chat_*.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from distillm_edge.chat.session import ChatSession, State
+
+
+class GatedBackend:
+    """The real backend, with a stream that pauses after its first token until ``release`` is set."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.release = threading.Event()
+        self.first_token = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def stream(self, ids, max_new_tokens, **kwargs):
+        for i, token in enumerate(self._backend.stream(ids, max_new_tokens, **kwargs)):
+            yield token
+            if i == 0:
+                self.first_token.set()
+                self.release.wait(timeout=60)
+
+
+async def wait_for(pilot, condition, what: str, timeout: float = 120.0) -> None:
+    """Let the app run until ``condition()`` holds (the timeout only guards against a hang)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+
+
+async def ask(pilot, session: ChatSession, question: str) -> None:
+    """Type a question, press Enter, and wait for its draft."""
+    await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
+    await pilot.press(*question, "enter")
+    await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
+    await pilot.pause()
+
+
+def posted_of(posted: list, cls) -> list:
+    """Messages of type ``cls`` in the order posted, once each (a bubbling message is seen per hop)."""
+    seen, out = set(), []
+    for message in posted:
+        if isinstance(message, cls) and id(message) not in seen:
+            seen.add(id(message))
+            out.append(message)
+    return out
+
+
+def actions(session: ChatSession) -> list[str]:
+    return [row["action"] for row in session.audit.rows()]
