@@ -163,6 +163,28 @@ class CrossTokenizerConfig:
 
 
 @dataclass(frozen=True)
+class FakeQuantConfig:
+    """Progressive quantization-aware training (``fakequant.py``): the student's block linears fake-quantized
+    in groups along the input, the bit-width falling on ``schedule`` [[fraction of the run, bits], ...]."""
+
+    schedule: tuple[tuple[float, int], ...] = ((0.0, 16), (0.33, 8), (0.66, 4))
+    group_size: int = 32
+    symmetric: bool = False
+    include: str = r"layers\.\d+\.(self_attn|mlp)\.\w+_proj$"
+
+    def __post_init__(self) -> None:
+        from distillm_edge.errors import UserError
+        from distillm_edge.training.fakequant import check_schedule
+
+        if self.group_size < 1:
+            raise ConfigError(f"fake_quant.group_size {self.group_size}: must be >= 1 (32 matches Q4_K_M and int4).")
+        try:
+            check_schedule(self.schedule)
+        except UserError as exc:
+            raise ConfigError(f"fake_quant.schedule: {exc}") from None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything ``distillm-edge train`` needs; see ``recipes/tiny-cpu.yaml`` for a commented example."""
 
@@ -177,16 +199,22 @@ class TrainConfig:
     max_length: int = 256
     train_on_prompt: bool = False  # False: only response tokens count (prompt masking)
     curriculum: bool = False  # order each epoch by difficulty stage 1 -> 4
+    curriculum_replay: float | None = None  # with curriculum: staged sampling over the whole run (stage 1's examples
+    # for all epochs, then stage 2's, ...), this share of each phase replayed from earlier stages (curriculum.py)
     max_train_examples: int | None = None
     eval_examples: int = 27  # held-out examples for the before/after table (0 skips it)
+    real_eval: str | None = None  # JSON/JSONL {instruction, input, output|response} records never trained on: student and
+    # teacher perplexity on the last real_eval_examples of them after training (a relative path that is not found from the
+    # working directory is tried from the repository's parent, so ../shared/data works from anywhere; absent: skipped)
+    real_eval_examples: int = 100
     # optimization
     epochs: int = 1
-    max_steps: int | None = 40  # optimizer steps; null: run all epochs
+    max_steps: int | None = 50  # optimizer steps; null: run all epochs
     batch_size: int = 1
     grad_accum: int = 8
     lr: float = 5e-4
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio after warmup (1.0 = constant)
-    warmup_steps: int = 4
+    warmup_steps: int = 5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     freeze_embeddings: bool = True  # keep the (tied) embedding/head frozen: fewer trainable params, faster on CPU
@@ -204,8 +232,9 @@ class TrainConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     l2_weight: float = 0.0  # L2 penalty on the trainable weights' drift from their initial values (L2-SP)
     lora: LoraConfig | None = None
+    fake_quant: FakeQuantConfig | None = None  # progressive quantization-aware training (null: off)
     # running
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on a GPU that has it, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where bf16 is native (GPU; AVX512-BF16/AMX CPU), else fp32
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"  # adamw_8bit: bitsandbytes' 8-bit states (GPU)
     seed: int = 0
@@ -242,13 +271,23 @@ class TrainConfig:
             raise ConfigError(f"lr {self.lr}: must be > 0.")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio {self.min_lr_ratio}: must be in [0, 1].")
-        if self.warmup_steps < 0 or self.save_every < 0 or self.eval_examples < 0 or self.threads < 0:
-            raise ConfigError("warmup_steps, save_every, eval_examples and threads must be >= 0.")
+        if (self.warmup_steps < 0 or self.save_every < 0 or self.eval_examples < 0 or self.threads < 0
+                or self.real_eval_examples < 0):
+            raise ConfigError("warmup_steps, save_every, eval_examples, real_eval_examples and threads must be >= 0.")
         if self.divergence == "jsd" and not 0.0 <= self.jsd_beta <= 1.0:
             raise ConfigError(f"jsd_beta {self.jsd_beta}: must be in [0, 1].")
         if self.divergence.startswith("skew") and not 0.0 <= self.skew <= 1.0:
             raise ConfigError(f"skew {self.skew}: must be in [0, 1].")
         self._check_specialty_weights()
+        if self.curriculum_replay is not None:
+            if not self.curriculum:
+                raise ConfigError("curriculum_replay is set but curriculum is false; set curriculum: true (staged "
+                                  "sampling) or curriculum_replay: null.")
+            if not 0.0 <= self.curriculum_replay < 1.0:
+                raise ConfigError(f"curriculum_replay {self.curriculum_replay}: must be in [0, 1) (e.g. 0.2).")
+        if self.fake_quant is not None and self.lora is not None:
+            raise ConfigError("fake_quant with lora: fake quantization trains the student's own linear weights; "
+                              "use one or the other (fake_quant: null, or remove the lora section).")
         for name, section in (("hidden", self.hidden), ("attention", self.attention)):
             if section.weight > 0 and not 0 <= section.teacher < len(self.teachers):
                 raise ConfigError(f"{name}.teacher {section.teacher}: there are {len(self.teachers)} teachers (index from 0).")

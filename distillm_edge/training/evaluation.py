@@ -4,20 +4,27 @@
   of the student is kept for the end);
 - :func:`evaluate_run`: the before/after table on the held-out examples (``report.md``, the
   ``eval`` event in ``metrics.jsonl``, printed at the end of ``distillm-edge train``);
+- :func:`evaluate_real`: after training, student and teacher perplexity on real records the run
+  never trained on (``real_eval``: e.g. the medalpaca items in ``../shared/data``), and their
+  ratio student/teacher (comparable for a teacher with the student's tokenizer);
 - :func:`probe`: ``distillm-edge train --probe-layers``: the initial held-out perplexity of
   ``student.model`` and of several layer selections of it.
 
 The scoring itself (perplexity, KL to each teacher, gap closed) is in ``report.py``.
-Test: ``pytest tests/training/test_trainer.py -k "learns or probe"``.
+Test: ``pytest tests/training/test_trainer.py -k "learns or probe"``,
+``pytest tests/training/test_integration_defaults.py``.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from distillm_edge.errors import UserError
 from distillm_edge.io import atomic_write_text
 from distillm_edge.training.batches import encode_records, ensure_chat_template
 from distillm_edge.training.config import TrainConfig
@@ -55,6 +62,74 @@ def evaluate_run(r: Run, student) -> dict:
     r.log.event("eval", summ)
     r.log.result(table)
     return summ
+
+
+def real_eval_path(spec: str) -> Path | None:
+    """``real_eval`` as an existing file: as given (from the working directory), else from the repository's parent."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        repo = Path(__file__).resolve().parents[2]
+        for base in (repo, repo.parent):
+            if (base / path).is_file():
+                return base / path
+    return None
+
+
+def real_records(path: Path, n: int) -> list[dict]:
+    """The last ``n`` records of a JSON list / JSONL file, as trainer records (``output`` read as ``response``)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    except json.JSONDecodeError as exc:
+        raise UserError(f"real_eval {path}: not JSON or JSONL ({exc}); give a file of {{instruction, input, output}} "
+                        "records or set real_eval: null.") from None
+    out, start = [], max(0, len(rows) - n)
+    for i, row in enumerate(rows[start:] if n else [], start=start):
+        response = row.get("response", row.get("output")) if isinstance(row, dict) else None
+        if not response or not row.get("instruction"):
+            raise UserError(f"real_eval {path}: record {i} has no instruction and output/response.")
+        out.append({"id": f"real-{i}", "instruction": str(row["instruction"]), "input": str(row.get("input") or ""),
+                    "response": str(response)})
+    return out
+
+
+def evaluate_real(r: Run, student) -> dict | None:
+    """Perplexity of the student and each teacher on ``real_eval`` records (None when it is unset or absent)."""
+    cfg = r.cfg
+    if not cfg.real_eval or not cfg.real_eval_examples:
+        return None
+    path = real_eval_path(cfg.real_eval)
+    if path is None:
+        r.log.say(f"[yellow]real_eval {cfg.real_eval}: not found; the generalization check is skipped.[/]")
+        return None
+    records = real_records(path, cfg.real_eval_examples)
+    cross = {t.index: t.tokenizer for t in r.teachers if not t.same_tokenizer}
+    examples, _ = encode_records(records, r.tokenizer, cross, cfg.max_length, train_on_prompt=cfg.train_on_prompt)
+    if not examples:
+        r.log.say(f"[yellow]real_eval {path}: no usable record within max_length; skipped.[/]")
+        return None
+    started = time.perf_counter()
+    with r.log.task(f"generalization check ({path.name})", len(examples)) as advance:
+        scores = evaluate({"student": student}, r.teachers, examples, pad_id(r.tokenizer), progress=advance)
+    s_ppl = scores["student"].perplexity
+    out = {"data": str(path), "examples": len(examples), "student_tokens": scores["student"].student_tokens,
+           "student_perplexity": s_ppl, "teachers": {}, "seconds": time.perf_counter() - started}
+    lines = [f"Generalization: {len(examples)} records of {path} the run never trained on "
+             f"({out['student_tokens']} response tokens): student perplexity {s_ppl:.2f}"]
+    for t in r.teachers:
+        t_ppl = scores[t.name].perplexity
+        out["teachers"][t.name] = {"perplexity": t_ppl, "ratio": s_ppl / t_ppl, "same_tokenizer": t.same_tokenizer}
+        note = "" if t.same_tokenizer else " (other tokenizer: not directly comparable)"
+        lines.append(f"  {t.name}: perplexity {t_ppl:.2f}, student/teacher {s_ppl / t_ppl:.2f}x{note}")
+    text = "\n".join(lines)
+    report = r.run_dir / "report.md"
+    previous = report.read_text(encoding="utf-8") if report.is_file() else ""
+    atomic_write_text(report, previous + f"\n## Generalization (real_eval)\n\n{text}\n")
+    r.log.event("real_eval", out)
+    r.log.result(text)
+    return out
 
 
 def probe(cfg: TrainConfig, strategies: list[str]) -> list[tuple[str, int, float]]:

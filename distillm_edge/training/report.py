@@ -288,13 +288,16 @@ class RunLog:
             self.task_id = self.bar.add_task("", total=total_steps, completed=done)
 
     def step(self, state, parts: dict[str, float], *, tau: float, lr: float, grad_norm: float, tokens_per_s: float,
-             skipped: bool) -> None:
+             skipped: bool, mfu: float | None = None, extra: dict | None = None) -> None:
         if not self.enabled:
             return
         row = {"kind": "train", "step": state.step, "loss": parts["loss"]}
         row |= {f"loss/{k}": v for k, v in parts.items() if k != "loss"}
         row |= {"tau": tau, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "target_tokens": state.tokens,
                 "elapsed_s": round(state.elapsed, 2), "skipped": skipped}
+        if mfu is not None:
+            row["mfu"] = mfu
+        row |= extra or {}
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
         if self.tb is not None:
@@ -311,7 +314,9 @@ class RunLog:
             self.bar.update(self.task_id, completed=state.step, description=desc)
         if state.step % self.cfg.log_every == 0 or skipped or self.bar is None:
             line = (f"step {state.step:>6} | loss {parts['loss']:>8.4f} | {short:<48} | tau {tau:>5.2f} | lr {lr:.2e} | "
-                    f"{tokens_per_s:>7,.0f} tok/s | {state.elapsed / 60:>5.1f} min" + (" | SKIPPED (non-finite)" if skipped else ""))
+                    f"{tokens_per_s:>7,.0f} tok/s" + (f" | MFU {100 * mfu:>5.1f}%" if mfu is not None else "")
+                    + "".join(f" | {k} {v}" for k, v in (extra or {}).items())
+                    + f" | {state.elapsed / 60:>5.1f} min" + (" | SKIPPED (non-finite)" if skipped else ""))
             self.say(line)
 
     def event(self, kind: str, data: dict) -> None:

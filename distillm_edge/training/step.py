@@ -12,7 +12,9 @@
   sequences: tokens weigh alike whatever the sequence lengths, and a per-sample (specialty)
   weight counts at batch size 1 too. Under DDP, which averages gradients over processes, the
   backpropagated loss is multiplied by the number of processes;
-- :func:`temperature`: the distillation temperature at a step.
+- :func:`temperature`: the distillation temperature at a step;
+- :func:`step_flops`: the model FLOPs of a step's micro-batches (the student's training step and
+  the teachers' forward passes, ``mfu.py``'s counts), for the per-step MFU the trainer logs.
 
 The trainer (``trainer.py``) owns the loop, the optimizer step and checkpoints; this module owns
 what one step computes. Test: ``pytest tests/training/test_trainer.py tests/training/test_step.py``.
@@ -238,3 +240,26 @@ def step_batches(r: Run, micro: int, world: int, rank: int, pads: dict[int, int]
     """This process's micro-batches of the optimizer step starting at global micro-batch ``micro``."""
     return [collate([r.train_examples[i] for i in r.plan[micro + a * world + rank]], student_pad, pads)
             for a in range(r.cfg.grad_accum)]
+
+
+def step_flops(batches: list[Batch], student_shape, teacher_shapes: dict[int, object], same_tokenizer: dict[int, bool]) -> float:
+    """Model FLOPs of ``batches``: each row's student training FLOPs (padding not counted; the LM head on
+    its counted positions) plus each teacher's forward FLOPs on its own view of the row."""
+    from distillm_edge.training.mfu import sequence_flops
+
+    total = 0.0
+    for batch in batches:
+        lengths = batch.attention_mask.sum(dim=1).tolist()
+        heads = batch.loss_mask.sum(dim=1).tolist()
+        for n, h in zip(lengths, heads, strict=True):
+            total += sequence_flops(student_shape, int(n), head_rows=int(h))
+            for index, shape in teacher_shapes.items():
+                if same_tokenizer[index]:
+                    total += sequence_flops(shape, int(n), head_rows=int(h), train=False)
+        for index, shape in teacher_shapes.items():
+            view = batch.views.get(index)
+            if same_tokenizer[index] or view is None:
+                continue
+            for n, h in zip(view.attention_mask.sum(dim=1).tolist(), view.keep.sum(dim=1).tolist(), strict=True):
+                total += sequence_flops(shape, int(n), head_rows=int(h), train=False)
+    return total

@@ -50,16 +50,16 @@ from distillm_edge.io import atomic_write_json, ensure_dir, home
 from distillm_edge.training import checkpoint as ckpt
 from distillm_edge.training.batches import Example, encode_records, ensure_chat_template, micro_batches
 from distillm_edge.training.config import TrainConfig
-from distillm_edge.training.evaluation import evaluate_run, probe  # noqa: F401  (probe: the CLI's --probe-layers)
+from distillm_edge.training.evaluation import evaluate_real, evaluate_run, probe  # noqa: F401  (probe: the CLI's --probe-layers)
 from distillm_edge.training.precision import mixed_precision
 from distillm_edge.training.report import RunLog, plot_losses
-from distillm_edge.training.step import accumulate, compute_loss, step_batches, temperature  # noqa: F401 (compute_loss: benchmarks)
+from distillm_edge.training.step import accumulate, compute_loss, step_batches, step_flops, temperature  # noqa: F401 (compute_loss: benchmarks)
 from distillm_edge.training.teachers import Teacher, load_teacher_weights, open_teachers, pad_id
 
 # Fields that change what a step computes or which data it sees: a resume must not change them.
 # (epochs and max_steps may change: an epoch's order depends only on the seed and its index.)
 RESUME_LOCKED = ("teachers", "student", "data", "max_length", "train_on_prompt", "curriculum", "max_train_examples",
-                 "batch_size", "grad_accum", "seed", "lora", "hidden", "layer_map")
+                 "batch_size", "grad_accum", "seed", "lora", "hidden", "layer_map", "curriculum_replay", "fake_quant")
 # Loss settings: a resume that changes them is refused unless --allow-config-change (then logged).
 LOSS_SETTINGS = ("kd_weight", "divergence", "jsd_beta", "skew", "temperature", "teacher_weighting", "specialty_weights",
                  "cross_tokenizer", "attention", "l2_weight")
@@ -95,6 +95,10 @@ class Run:
     vocab_projections: torch.nn.ModuleDict | None = None  # teacher index -> TopKVocabProjection (method projection)
     specialty_counts: dict[str, int] = field(default_factory=dict)  # training examples per specialty
     setup_seconds: float = 0.0
+    plan_stages: tuple[int, ...] | None = None  # staged curriculum: each micro-batch's stage
+    fake_quant: object | None = None  # fakequant.FakeQuant handle (fake_quant config)
+    peak_flops: float | None = None  # matmul FLOP/s measured at start-up (CPU), in the dtype the step runs in
+    flop_shapes: tuple | None = None  # (student ModelShape, {teacher index: ModelShape}, {index: same tokenizer})
 
 
 def run(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool = False) -> Path:
@@ -316,6 +320,16 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
     elif cfg.freeze_embeddings:
         student.get_input_embeddings().requires_grad_(False)
         student.get_output_embeddings().requires_grad_(False)
+    fq = None
+    if cfg.fake_quant is not None:  # before prepare and before a checkpoint loads (parametrized state-dict keys)
+        from distillm_edge.training.fakequant import apply_fake_quant
+
+        fqc = cfg.fake_quant
+        fq = apply_fake_quant(student, group_size=fqc.group_size, symmetric=fqc.symmetric, include=fqc.include)
+        log.say(f"fake quantization: {len(fq.layers)} linear layers (groups of {fqc.group_size}, "
+                f"{'symmetric' if fqc.symmetric else 'asymmetric'}), bits on the schedule "
+                + " -> ".join(f"{int(b)}@{f:g}" for f, b in fqc.schedule)
+                + (f"; skipped {len(fq.skipped)} (in_features not a multiple of the group)" if fq.skipped else ""))
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     projections = None
@@ -341,7 +355,18 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
         groups.append({"params": list(vocab_projections.parameters())})
     optimizer = make_optimizer(cfg, groups)
     world = accelerator.num_processes
-    plan = micro_batches(train_examples, cfg.batch_size, seed=cfg.seed, curriculum=cfg.curriculum, epochs=cfg.epochs)
+    plan_stages = None
+    if cfg.curriculum and cfg.curriculum_replay is not None:  # staged sampling with replay over the whole run
+        from distillm_edge.training.curriculum import curriculum_order, describe, micro_batches_of
+
+        order = curriculum_order([e.difficulty for e in train_examples], seed=cfg.seed, epochs=cfg.epochs,
+                                 replay=cfg.curriculum_replay)
+        cplan = micro_batches_of(order, cfg.batch_size)
+        plan, plan_stages = [list(b) for b in cplan.batches], cplan.stages
+        log.say("curriculum: " + ", ".join(f"stage {d['stage']} {d['name']} {d['samples']} samples "
+                                           f"({100 * d['replay_share']:.0f}% replayed)" for d in describe(order)))
+    else:
+        plan = micro_batches(train_examples, cfg.batch_size, seed=cfg.seed, curriculum=cfg.curriculum, epochs=cfg.epochs)
     total_steps = len(plan) // (cfg.grad_accum * world)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -357,7 +382,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
     r = Run(cfg, run_dir, accelerator, tokenizer, student, teachers, projections, optimizer, scheduler,
             train_examples, valid_examples, plan, total_steps, log, before=before,
             hidden_map=hidden_map, attention_map=attention_map, l2_reference=l2_reference,
-            vocab_projections=vocab_projections)
+            vocab_projections=vocab_projections, plan_stages=plan_stages, fake_quant=fq)
     if cfg.specialty_weights is not None:
         counts: dict[str, int] = {}
         for e in train_examples:
@@ -369,8 +394,28 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
         r.state = state = ckpt.load_checkpoint(path, modules(r), optimizer, scheduler)
         state.loss_settings = loss_settings(cfg)  # later checkpoints record the settings they were trained with
         log.say(f"resumed from {path} (step {state.step}, micro-batch {state.micro})")
+    r.peak_flops, r.flop_shapes = measure_mfu_peak(r)
     r.setup_seconds = time.perf_counter() - started
     return r
+
+
+def measure_mfu_peak(r: Run) -> tuple[float | None, tuple | None]:
+    """The matmul peak (FLOP/s, in the step's dtype, with the training threads) and the models' shapes
+    for the per-step MFU; (None, None) off the CPU or for a model whose config has no Llama-style shape."""
+    from distillm_edge.training.mfu import ModelShape, measure_peak
+
+    if r.accelerator.device.type != "cpu":
+        return None, None
+    try:
+        student = ModelShape.from_config(text_config(r.accelerator.unwrap_model(r.student)))
+        teachers = {t.index: ModelShape.from_config(text_config(t.model)) for t in r.teachers}
+    except (AttributeError, TypeError):
+        return None, None
+    bf16 = r.accelerator.mixed_precision == "bf16"
+    peak = measure_peak(torch.bfloat16 if bf16 else torch.float32, repeats=3)
+    r.log.say(f"MFU peak: {peak / 1e9:,.0f} GFLOP/s ({'bf16' if bf16 else 'fp32'} 1024^3 matmul, "
+              f"{torch.get_num_threads()} threads, measured now)")
+    return peak, (student, teachers, {t.index: t.same_tokenizer for t in r.teachers})
 
 
 def modules(r: Run) -> dict[str, torch.nn.Module]:
@@ -434,6 +479,15 @@ def train(r: Run) -> None:
             rng = ckpt.rng_state()  # an interrupted step restarts from here
             tau = temperature(cfg, state.step, r.total_steps)
             batches = step_batches(r, state.micro, world, rank, pads, student_pad)
+            flops = step_flops(batches, *r.flop_shapes) if r.flop_shapes else None
+            extra = {}
+            if r.plan_stages is not None:
+                extra["stage"] = r.plan_stages[min(state.micro, len(r.plan_stages) - 1)]
+            if r.fake_quant is not None:
+                from distillm_edge.training.fakequant import bits_at
+
+                extra["bits"] = bits_at(state.step, r.total_steps, cfg.fake_quant.schedule)
+                r.fake_quant.set_bits(extra["bits"])
             sums, tokens, seen = accumulate(r, batches, tau)
             if world > 1:  # modules outside DDP: average their gradients here; losses: sum the processes' shares
                 for p in unwrapped:
@@ -469,7 +523,8 @@ def train(r: Run) -> None:
                 dt = time.perf_counter() - step_start
                 state.elapsed = base_elapsed + time.perf_counter() - started
                 r.log.step(state, sums, tau=tau, lr=r.scheduler.get_last_lr()[0], grad_norm=grad_norm,
-                           tokens_per_s=seen * world / dt, skipped=not finite)
+                           tokens_per_s=seen * world / dt, skipped=not finite,
+                           mfu=flops / dt / r.peak_flops if flops and r.peak_flops else None, extra=extra)
             if not finite and state.bad_in_row >= cfg.max_bad_steps:
                 path = save(r)
                 bad = ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
@@ -515,6 +570,8 @@ def finish(r: Run) -> None:
 
 def finish_main(r: Run) -> None:
     student = r.accelerator.unwrap_model(r.student).eval()
+    if r.fake_quant is not None:  # the saved model holds the float master weights; the exporters quantize them
+        r.fake_quant.remove()
     base_loader = None
     if r.cfg.lora is not None and r.cfg.student.quantization != "none":
         def base_loader():  # QLoRA: merge the adapters into an unquantized copy of the base
@@ -527,9 +584,10 @@ def finish_main(r: Run) -> None:
         r.log.say(f"vocabulary projection saved: {path}")
     plot_losses(r.run_dir / "metrics.jsonl", r.run_dir / "loss_curve.png")
     summ = evaluate_run(r, student) if r.valid_examples else None
+    real = evaluate_real(r, student)
     result = {"run_dir": str(r.run_dir), "model": str(out), "steps": r.state.step, "target_tokens": r.state.tokens,
               "train_seconds": r.state.elapsed, "setup_seconds": r.setup_seconds, "bad_steps": r.state.bad_steps,
-              "evaluation": summ}
+              "evaluation": summ, "generalization": real}
     atomic_write_json(r.run_dir / "summary.json", result)
 
 

@@ -252,7 +252,8 @@ def test_tiny_cpu_recipe_end_to_end(tmp_path):
     from distillm_edge.training.config import resolve_config
 
     cfg = resolve_config("tiny-cpu", overrides={"max_steps": 3, "grad_accum": 2, "eval_examples": 3, "warmup_steps": 1,
-                                                "save_every": 2, "progress": False, "out": str(tmp_path / "run")})
+                                                "save_every": 2, "progress": False, "out": str(tmp_path / "run"),
+                                                "real_eval_examples": 3})
     run_dir = trainer.run(cfg)
     for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "report.md", "summary.json"):
         assert (run_dir / name).is_file(), name
@@ -265,6 +266,10 @@ def test_tiny_cpu_recipe_end_to_end(tmp_path):
     assert ev["teachers"]["smollm2-135m-instruct"]["perplexity"] < 100
     al = ev["teachers"]["gemma-3-270m"]["alignment"]  # measured on the real pair: ~95% aligned, ~94% overlap
     assert al["aligned_share"] > 0.8 and al["vocab_overlap"] > 0.8 and al["teacher_mass_on_shared"] > 0.5
+    gen = json.loads((run_dir / "summary.json").read_text())["generalization"]  # medalpaca, when ../shared/data has it
+    if gen is not None:
+        assert gen["examples"] == 3 and gen["teachers"]["smollm2-135m-instruct"]["same_tokenizer"]
+        assert math.isfinite(gen["teachers"]["smollm2-135m-instruct"]["ratio"])
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     assert model.config.num_hidden_layers == 15
     assert "<|im_start|>" in AutoTokenizer.from_pretrained(run_dir / "model").chat_template

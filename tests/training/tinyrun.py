@@ -20,6 +20,7 @@ def tiny_config(tiny_llama_dir, tiny_data, out, **changes) -> TrainConfig:
         "data": str(tiny_data), "max_length": 96, "eval_examples": 0, "max_steps": 6, "grad_accum": 2,
         "lr": 3e-3, "warmup_steps": 1, "freeze_embeddings": False, "save_every": 3, "progress": False,
         "tensorboard": False, "out": str(out), "threads": 1,
+        "precision": "fp32",  # exact comparisons; "auto" is bf16 on a CPU with native bf16
     }
     data.update(changes)
     return from_mapping(TrainConfig, data)
