@@ -67,7 +67,7 @@ def test_quantization_cost_on_a_tiny_llama_nf4_int8_bf16(tiny_llama_dir, valid_d
         m = modes[mode]
         assert m["available"], m
         assert m["tokens"] > 0 and m["examples"] == 4
-        assert m["mean_kl"] >= 0 and 0 <= m["top1_agreement"] <= 1 and m["max_kl"] >= m["mean_kl"]
+        assert m["mean_kl"] > -1e-6 and 0 <= m["top1_agreement"] <= 1 and m["max_kl"] >= m["mean_kl"]  # KL >= 0 up to rounding
     # 4-bit moves the distribution more than 8-bit, and 8-bit more than bf16 weights alone
     assert modes["nf4"]["mean_kl"] > modes["int8"]["mean_kl"] > 0
     assert modes["nf4"]["mean_kl"] > modes["bf16"]["mean_kl"]
