@@ -192,3 +192,11 @@ def test_context_edge_cases(rules, text, rule, expected):
 def test_whole_word_matching(rules):
     assert _state(rules, "A routine check; she is confused.") == {}  # "uti" inside "routine" is no infection
     assert "infection.sepsis_signs" in _state(rules, "UTI with fever and confusion")
+
+
+@pytest.mark.parametrize("text", [
+    "A collapsed lung (pneumothorax) is treated with a chest drain.",
+    "Collapsed arches cause flat feet.",
+])
+def test_anatomical_collapse_is_not_a_collapsed_person(rules, text):
+    assert "neuro.unresponsive" not in _state(rules, text), rules.check(text)
