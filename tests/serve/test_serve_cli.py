@@ -1,6 +1,6 @@
 """`distillm-edge serve` CLI: options reach the config, and unsafe binds fail before loading a model.
 
-Run: ``pytest tests/serve/test_cli.py`` (seconds).
+Run: ``pytest tests/serve/test_serve_cli.py`` (seconds).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CLI: ``redflags check``, ``audit verify`` and ``audit export`` through Typer's CliRunner.
 
-Run: ``pytest tests/safety/test_cli.py -q``.
+Run: ``pytest tests/safety/test_safety_cli.py -q``.
 """
 
 from __future__ import annotations
