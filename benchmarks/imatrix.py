@@ -56,7 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="smollm2,student", help="comma list of: smollm2, student, or a path")
     parser.add_argument("--types", default="q4_k_m,q3_k_m,iq4_xs")
-    parser.add_argument("--threads", type=int, default=0, help="0: physical cores")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="0: physical cores (on a busy machine use 1: llama.cpp's threads collapse under load)")
+    parser.add_argument("--held-out", type=int, default=0, help="score only the first N held-out records (0: all)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -68,7 +70,7 @@ def main() -> None:
     from distillm_edge.export.gguf_quantize import quantize
 
     threads = args.threads or physical_cores()
-    held = im.held_out_texts()
+    held = im.held_out_texts()[: args.held_out or None]
     load_start = load_average()
     rows = []
     with tempfile.TemporaryDirectory(prefix="imatrix-bench-") as tmp:
