@@ -30,7 +30,7 @@ def test_prepare_builtin_then_refuse_overwrite(tmp_path):
     from distillm_edge.data import builtin_corpus_path
 
     n = sum(1 for x in builtin_corpus_path().read_text(encoding="utf-8").splitlines() if x.strip())
-    assert f"wrote {n} records" in first.output  # the embedded corpus grows (issue 12)
+    assert f"wrote {n:,} records" in first.output  # the embedded corpus grows (issue 12)
     again = runner.invoke(app(), args)
     assert again.exit_code == 2 and "already exists and is not empty" in again.output
 
