@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
         probe_layers: str = typer.Option(
             None, "--probe-layers", help="Measure the initial held-out perplexity of layer selections "
             "(';'-separated, e.g. 'even:10;first-last:8,7') of student.model, and exit."),
+        ablation: bool = typer.Option(False, "--ablation", help="Run the ablation ladder (baseline KD -> + progressive "
+                                      "temperature -> + specialty weighting -> + attention alignment) and the divergences "
+                                      "on --recipe (with the overrides); print the held-out table."),
         plan: bool = typer.Option(False, "--plan", help="Print the per-device memory plan and whether it fits; loads no weights."),
         gpus: int = typer.Option(None, "--gpus", help="--plan: GPUs to plan for (0 = CPU; default: the visible ones)."),
         gpu_mem: str = typer.Option(None, "--gpu-mem", help="--plan: memory per GPU, e.g. 24GiB (default: the visible GPU's)."),
@@ -82,5 +85,10 @@ def register(app: typer.Typer) -> None:
 
             if probe_layers:
                 trainer.probe(cfg, [s.strip() for s in probe_layers.split(";") if s.strip()])
+                return
+            if ablation:
+                from distillm_edge.training import ablation as ablation_runner
+
+                ablation_runner.run(cfg)
                 return
             trainer.run(cfg, resume=resume is not None, allow_config_change=allow_config_change)
