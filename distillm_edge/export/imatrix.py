@@ -36,6 +36,7 @@ from distillm_edge.errors import UserError
 
 HELD_OUT_EVERY = 4  # every 4th built-in record is held out from calibration
 CHUNK_TOKENS = 512  # llama-imatrix's default context per chunk
+MAX_CHUNKS = 32  # 16k calibration tokens, spread evenly over the corpus (all of it is ~170k SmolLM2 tokens)
 BUILTIN_DATASET = "distillm_edge/data/builtin/medical_qa.jsonl"
 
 
@@ -128,9 +129,17 @@ def collect(model, chunked: list[list[int]], name_of) -> Imatrix:
     return imatrix
 
 
+def spread(items: list, n: int) -> list:
+    """``n`` items evenly spaced over ``items`` (all of them when there are at most ``n``)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
+
+
 def compute(checkpoint: Path, texts: list[str], dataset: str = BUILTIN_DATASET,
-            chunk_tokens: int = CHUNK_TOKENS, threads: int = 0) -> Imatrix:
-    """The imatrix of a Llama-family checkpoint over ``texts`` (joined by blank lines, cut in chunks)."""
+            chunk_tokens: int = CHUNK_TOKENS, threads: int = 0, max_chunks: int = MAX_CHUNKS) -> Imatrix:
+    """The imatrix of a Llama-family checkpoint over ``texts`` (joined by blank lines, cut in chunks;
+    at most ``max_chunks`` of them, evenly spread, so every specialty of the corpus is seen)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,8 +151,8 @@ def compute(checkpoint: Path, texts: list[str], dataset: str = BUILTIN_DATASET,
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False).input_ids
     with_bos = tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id] and tokenizer.bos_token_id is not None
-    chunked = chunks(ids, min(chunk_tokens, int(model.config.max_position_embeddings)),
-                     tokenizer.bos_token_id if with_bos else None)
+    chunked = spread(chunks(ids, min(chunk_tokens, int(model.config.max_position_embeddings)),
+                            tokenizer.bos_token_id if with_bos else None), max_chunks)
     imatrix = collect(model, chunked, _safe_name(gguf_name))
     imatrix.datasets = [dataset]
     return imatrix

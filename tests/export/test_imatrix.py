@@ -28,6 +28,11 @@ def test_chunks_cut_like_llama_imatrix():
     assert im.chunks([1, 2], 4, None) == [[1, 2]]
 
 
+def test_spread_picks_evenly_including_both_ends():
+    assert im.spread(list(range(10)), 4) == [0, 3, 6, 9]
+    assert im.spread([1, 2], 5) == [1, 2] and im.spread([1, 2, 3], 1) == [1]
+
+
 def test_collect_matches_a_naive_sum_of_squares(tiny_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM
