@@ -209,6 +209,7 @@ class Setup:
     lora_r: int | None = None  # plan as LoRA with this rank on a bf16 base (suggestion only)
     qlora: bool = False  # with lora_r: an NF4 base (suggestion only)
     max_length: int | None = None  # plan at this length (suggestion only)
+    cpu_bf16: bool = False  # gpus == 0: this CPU has native bf16, so precision auto means bf16 autocast
 
     @property
     def processes(self) -> int:
@@ -288,8 +289,8 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
     n_rows = batch * seq  # worst case: every position counted
     s = counts["student"]
     notes: list[str] = []
-    # precision: bf16 autocast on a GPU (auto), fp32 on a CPU; a bf16 student keeps fp32 master weights
-    amp = cfg.precision in ("bf16", "fp16") or (cfg.precision == "auto" and not cpu)
+    # precision auto: bf16 autocast on a GPU and on a CPU with native bf16 (precision.mixed_precision), else fp32
+    amp = cfg.precision in ("bf16", "fp16") or (cfg.precision == "auto" and (not cpu or setup.cpu_bf16))
     compute = 2 if amp else 4
     lora_r = setup.lora_r or (cfg.lora.r if cfg.lora is not None else None)
     lora_targets = cfg.lora.target_modules if cfg.lora is not None else (
@@ -413,7 +414,9 @@ def baseline_setup(cfg: TrainConfig, gpus: int, memory: int) -> Setup:
     """The layout the recipe asks for: one process with teachers on their own GPU, else DDP over ``gpus``."""
     split = any(tc.device and tc.device not in ("cuda", "cuda:0") for tc in cfg.teachers)
     engine = "auto" if gpus <= 1 or split else "ddp"
-    return Setup(gpus=gpus, memory=memory, engine=engine,
+    from distillm_edge.training.precision import cpu_has_native_bf16
+
+    return Setup(gpus=gpus, memory=memory, engine=engine, cpu_bf16=gpus == 0 and cpu_has_native_bf16(),
                  checkpointing=bool(getattr(cfg, "gradient_checkpointing", False)),
                  optimizer=str(getattr(cfg, "optimizer", "adamw")))
 
