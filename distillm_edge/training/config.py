@@ -209,7 +209,7 @@ class TrainConfig:
     real_eval_examples: int = 100
     # optimization
     epochs: int = 1
-    max_steps: int | None = 50  # optimizer steps; null: run all epochs
+    max_steps: int | None = 45  # optimizer steps; null: run all epochs
     batch_size: int = 1
     grad_accum: int = 8
     lr: float = 5e-4
