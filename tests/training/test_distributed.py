@@ -4,7 +4,7 @@ The tiny recipe runs with hidden-state alignment through a projection (student 6
 projection is a module outside DDP whose gradients the trainer averages itself) and specialty weights, so the
 losses' denominators must be summed over processes. One process with ``grad_accum`` 4 and two processes with
 ``grad_accum`` 2 see the same micro-batches per step; their logged losses agree to fp32 rounding (tolerance:
-relative 1e-4; measured ~2e-5). The two-process run stops at step 2 (checkpoint) and is resumed under two processes
+relative 2e-4 on every part, measured 6e-5 to 9e-5 on the KD part; 1e-5 on the total, measured 2e-7 to 1e-6). The two-process run stops at step 2 (checkpoint) and is resumed under two processes
 to step 4 (a constant learning rate, so the shorter first run has the same schedule).
 
 ``accelerate launch --cpu --num_processes 2`` starts one process on a CPU without MPI; torchrun starts two.
@@ -25,7 +25,8 @@ from tinyrun import train_rows
 
 from distillm_edge.training import trainer
 
-TOLERANCE = 1e-4  # relative, on every logged loss part (fp32 sums in another order, compounded over steps)
+TOLERANCE = 2e-4  # relative, on every logged loss part (fp32 sums in another order, compounded over steps)
+TOTAL_TOLERANCE = 1e-5  # relative, on the total loss (measured 2e-7 to 1e-6)
 
 
 def free_port() -> int:
@@ -42,6 +43,7 @@ def settings(tiny_llama_dir, tiny_wide_dir, tiny_data, out, **changes) -> dict:
         "lr": 3e-3, "warmup_steps": 0, "min_lr_ratio": 1.0, "freeze_embeddings": False, "save_every": 2, "progress": False,
         "tensorboard": False, "out": str(out), "threads": 1, "layer_map": {"0": 1}, "hidden": {"weight": 1.0},
         "specialty_weights": "inverse_frequency",
+        "precision": "fp32",  # exact comparison: `auto` is bf16 autocast on CPUs with native bf16
     }
     return data | changes
 
@@ -80,3 +82,4 @@ def test_two_gloo_processes_match_one_process_and_resume(tiny_llama_dir, tiny_wi
     print(f"1 vs 2 processes: largest relative difference of a logged loss {diffs[worst]:.2e} ({worst}); "
           f"total loss: {max(v for (s, k), v in diffs.items() if k == 'loss'):.2e}")
     assert diffs[worst] < TOLERANCE, (worst, diffs[worst])
+    assert max(v for (s, k), v in diffs.items() if k == "loss") < TOTAL_TOLERANCE
