@@ -69,6 +69,16 @@ def hf_chat_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading tokens ``a`` and ``b`` share (KV-cache reuse, parity continuations)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable float32 log-softmax over the last axis."""
     x = logits.astype(np.float32, copy=False)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distillm_edge.backends.base import log_softmax, sample
+from distillm_edge.backends.base import common_prefix, log_softmax, sample
 from distillm_edge.errors import UserError
 
 
@@ -169,15 +169,6 @@ def batch_generate(decoder: MultiSequenceDecoder, prompts: Sequence[Sequence[int
 _DONE = object()
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @dataclass
 class _Request:
     prompt: list[int]
@@ -277,7 +268,7 @@ class SlotScheduler:
         free = [s for s in range(self.n_slots) if s not in self._active]
         while free and self._waiting:
             request = self._waiting.popleft()
-            shared = {slot: _common_prefix(self._cached[slot], request.prompt) for slot in free}
+            shared = {slot: common_prefix(self._cached[slot], request.prompt) for slot in free}
             slot = max(free, key=lambda s: shared[s])
             free.remove(slot)
             keep = min(shared[slot], len(request.prompt) - 1)  # feed at least one token: its logits

@@ -33,6 +33,8 @@ from importlib import resources
 
 import numpy as np
 
+from distillm_edge.backends.base import common_prefix
+
 MAX_NEW_TOKENS = 64
 MIN_TOP1 = {"exact": 0.99, "close": 0.97}
 TIE_NATS = 0.05  # the source's log-prob gap under which two next tokens count as tied
@@ -62,15 +64,6 @@ def kl_rows(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
 
 def top1_matches(p_log: np.ndarray, q_log: np.ndarray) -> np.ndarray:
     return p_log.argmax(axis=-1) == q_log.argmax(axis=-1)
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def parted_at_tie(step_top: tuple[np.ndarray, np.ndarray] | None, token: int, tie_nats: float = TIE_NATS) -> bool:
