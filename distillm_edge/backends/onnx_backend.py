@@ -110,30 +110,38 @@ class OnnxBackend:
         return hf_chat_ids(self.tokenizer, messages, add_generation_prompt)
 
     # -- graph -----------------------------------------------------------------------------------
-    def _empty_cache(self) -> list[np.ndarray]:
-        empty = np.zeros((1, self.kv_heads, 0, self.head_size), dtype=self._kv_dtype)
+    def _empty_cache(self) -> list:
+        import onnxruntime as ort
+
+        empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, self.kv_heads, 0, self.head_size), dtype=self._kv_dtype))
         return [empty] * (2 * self.num_layers)
 
-    def _run(self, ids: Sequence[int], cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Logits [T, V] for ``ids`` following the cached positions, and the new cache."""
-        past = cache[0].shape[2]
+    def _run(self, ids: Sequence[int], cache: list) -> tuple[np.ndarray, list]:
+        """Logits [T, V] for ``ids`` following the cached positions, and the new cache.
+
+        The cache stays as ONNX Runtime values bound through I/O binding, so decoding never copies
+        it out to numpy and back (at a 1024-token context that moved tens of MB per token).
+        """
+        past = cache[0].shape()[2]
         total = past + len(ids)
         if self.context_length and total > self.context_length:
             raise UserError(f"sequence of {total} tokens exceeds the export's context length {self.context_length}.")
-        feed = {
-            self._in["input_ids"]: np.asarray([list(ids)], dtype=np.int64),
-            self._in["attention_mask"]: np.ones((1, total), dtype=np.int64),
-        }
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self._in["input_ids"], np.asarray([list(ids)], dtype=np.int64))
+        binding.bind_cpu_input(self._in["attention_mask"], np.ones((1, total), dtype=np.int64))
         if "position_ids" in self._input_names:
-            feed["position_ids"] = np.arange(past, total, dtype=np.int64)[None]
+            binding.bind_cpu_input("position_ids", np.arange(past, total, dtype=np.int64)[None])
         for layer in range(self.num_layers):
-            feed[self._in["past_key_names"] % layer] = cache[2 * layer]
-            feed[self._in["past_value_names"] % layer] = cache[2 * layer + 1]
-        outputs = dict(zip(self._output_names, self.session.run(self._output_names, feed), strict=True))
+            binding.bind_ortvalue_input(self._in["past_key_names"] % layer, cache[2 * layer])
+            binding.bind_ortvalue_input(self._in["past_value_names"] % layer, cache[2 * layer + 1])
+        for name in self._output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip(self._output_names, binding.get_outputs(), strict=True))
         new_cache = []
         for layer in range(self.num_layers):
             new_cache += [outputs[self._out["present_key_names"] % layer], outputs[self._out["present_value_names"] % layer]]
-        return outputs[self._out["logits"]][0], new_cache
+        return outputs[self._out["logits"]].numpy()[0], new_cache
 
     def next_token_logprobs(self, ids: Sequence[int]) -> np.ndarray:
         logits, _ = self._run(ids, self._empty_cache())
@@ -144,40 +152,16 @@ class OnnxBackend:
 
     def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
                top_p: float = 1.0) -> Iterator[int]:
-        """Greedy/sampled decoding with the KV cache kept as ONNX Runtime values between steps
-        (I/O binding): the cache is never copied out to numpy and back, which at a 1024-token
-        context moved tens of MB per token (the same tokens as :meth:`_run`, tested)."""
-        import onnxruntime as ort
-
         rng = np.random.default_rng(seed)
-        cache = [ort.OrtValue.ortvalue_from_numpy(c) for c in self._empty_cache()]
-        step, past = list(ids), 0
-        logits_name = self._out["logits"]
+        cache = self._empty_cache()
+        step = list(ids)
         for _ in range(max_new_tokens):
-            total = past + len(step)
-            if self.context_length and total > self.context_length:
-                raise UserError(f"sequence of {total} tokens exceeds the export's context length {self.context_length}.")
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(self._in["input_ids"], np.asarray([step], dtype=np.int64))
-            binding.bind_cpu_input(self._in["attention_mask"], np.ones((1, total), dtype=np.int64))
-            if "position_ids" in self._input_names:
-                binding.bind_cpu_input("position_ids", np.arange(past, total, dtype=np.int64)[None])
-            for layer in range(self.num_layers):
-                binding.bind_ortvalue_input(self._in["past_key_names"] % layer, cache[2 * layer])
-                binding.bind_ortvalue_input(self._in["past_value_names"] % layer, cache[2 * layer + 1])
-            for name in self._output_names:
-                binding.bind_output(name, "cpu")
-            self.session.run_with_iobinding(binding)
-            outputs = dict(zip(self._output_names, binding.get_outputs(), strict=True))
-            cache = []
-            for layer in range(self.num_layers):
-                cache += [outputs[self._out["present_key_names"] % layer], outputs[self._out["present_value_names"] % layer]]
-            row = outputs[logits_name].numpy()[0, -1]
-            token = sample(log_softmax(row), temperature, rng, top_p)
+            logits, cache = self._run(step, cache)
+            token = sample(log_softmax(logits[-1]), temperature, rng, top_p)
             yield token
             if token in self.eos_token_ids:
                 return
-            past, step = total, [token]
+            step = [token]
 
     def close(self) -> None:
         self.session = None
