@@ -3,6 +3,7 @@
     distillm-edge train                                   # the tiny-cpu recipe: CPU, offline, ~15 min
     distillm-edge train --list-recipes
     distillm-edge train --recipe med42-llama --out runs/med42 max_steps=2000
+    distillm-edge train --recipe staged-cpu --out runs/staged   # stages run in order; rerun (or --resume) to continue
     distillm-edge train --config my.yaml lr=1e-4 student.layers=even:10
     distillm-edge train --resume runs/med42               # continue from its latest checkpoint
     distillm-edge train --resume runs/med42 kd_weight=0.7 --allow-config-change   # change loss settings (logged)
@@ -65,6 +66,15 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"{name:<28} {description}")
                 return
             extra = parse_overrides(overrides or [])
+            from distillm_edge.training import staged
+
+            stages = staged.from_cli(recipe, str(config) if config else None, resume, out, extra)
+            if stages is not None:  # a recipe with stages: (staged distillation), or --resume of one
+                if plan or probe_layers or ablation:
+                    raise ConfigError("--plan, --probe-layers and --ablation take a single-stage recipe; a staged "
+                                      "recipe's stages can be run one at a time with --config.")
+                staged.run(stages, allow_config_change=allow_config_change)
+                return
             if resume is not None:
                 if recipe or config:
                     raise ConfigError("--resume uses the run's own config.yaml; drop --recipe/--config (overrides still apply).")

@@ -80,6 +80,11 @@ def format_table(rows: list[dict]) -> str:
     head = ["variant", "held-out ppl"] + [f"KL({t})" for t in teachers] + [f"gap closed ({teachers[0]})"]
     body = [[r["variant"], f"{r['perplexity']:.2f}"] + [f"{r['kl'][t]:.3f}" for t in teachers]
             + [f"{100 * r['gap_closed']:.1f}%"] for r in rows]
+    return text_table(head, body)
+
+
+def text_table(head: list[str], body: list[list[str]]) -> str:
+    """A fixed-width markdown table (also the staged runner's, ``staged.py``)."""
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])

@@ -42,6 +42,7 @@ class TeacherConfig:
     quantization: Literal["none", "nf4", "int8"] = "none"  # research teachers: nf4
     device: str | None = None  # None: the training device; e.g. cuda:1 to keep a teacher off the student's GPU
     device_map: str | None = None  # "auto": spread one big teacher over the visible GPUs
+    cache: str | None = None  # a `distillm-edge teachers cache` folder: read its top-k log-probs, load no weights
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -377,6 +378,9 @@ def resolve_config(recipe: str | None = None, config_file: str | None = None,
     if overrides:
         data = deep_merge(data, overrides)
         where.append("overrides")
+    if "stages" in data:
+        raise ConfigError(f"{' + '.join(where)} declares stages (staged distillation): run it with distillm-edge train "
+                          "--recipe/--config as usual (training/staged.py), not as a single run.")
     return from_mapping(TrainConfig, data, where=" + ".join(where))
 
 

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from distillm_edge.cli import app
-from distillm_edge.config import ConfigError, from_mapping
+from distillm_edge.config import ConfigError, from_mapping, load_yaml
+from distillm_edge.training import staged
 from distillm_edge.training.config import RECIPES_DIR, TrainConfig, list_recipes, resolve_config
 
 EXPECTED = {"tiny-cpu", "med42-llama", "llama-llama-self", "gemma-llama-cross", "med42-multigranularity",
@@ -24,8 +25,9 @@ def test_every_shipped_recipe_loads_and_opens_with_its_command():
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         first = path.read_text(encoding="utf-8").splitlines()[0]
         assert first.startswith("# distillm-edge train --recipe " + path.stem), path
-        cfg = resolve_config(path.stem)
-        assert isinstance(cfg, TrainConfig) and cfg.description and cfg.teachers
+        staged_recipe = "stages" in load_yaml(path)  # staged distillation: each stage is a TrainConfig
+        for cfg in staged.resolve(path.stem).stages if staged_recipe else [resolve_config(path.stem)]:
+            assert isinstance(cfg, TrainConfig) and cfg.description and cfg.teachers
 
 
 def test_research_recipes_keep_the_research_hyperparameters():
