@@ -7,9 +7,27 @@ backend loads with ``AutoTokenizer`` so it tokenizes exactly like the source mod
 
 It drives the graph with plain ``onnxruntime`` (one session, so scoring and generation share the
 weights): ``next_token_logprobs`` runs the whole sequence with an empty cache and returns a row per
-position; ``stream`` runs the prompt once, then feeds one token at a time with the returned cache.
+position; ``stream`` runs the prompt once, then feeds one token at a time with the cache.
 The same directory also runs unchanged on ``onnxruntime_genai`` (``og.Model(path)``), the runtime
 an app would ship.
+
+Two ways to keep the cache during ``stream``:
+
+- **shared buffer** (what onnxruntime-genai does for the exports its builder writes): when
+  ``genai_config.json`` sets ``search.past_present_share_buffer`` and every ``past_key_values.*``
+  input feeds a ``GroupQueryAttention`` node, each sequence gets one zero-filled buffer per cache
+  tensor, ``[1, kv_heads, capacity, head_size]`` with capacity = prompt + ``max_new_tokens`` (at most
+  the context length, like the Generator's ``max_length``), bound through I/O binding as both the
+  ``past`` input and the ``present`` output, so GQA writes each new position in place. The valid
+  length reaches GQA through ``attention_mask`` (``seqlens_k`` = its sum - 1,
+  ``total_sequence_length`` = its width, both computed inside the graph). The buffers come from
+  ``np.zeros`` (calloc): pages never written are never committed, so a large capacity costs address
+  space, not memory.
+- **concatenation** (any other graph): ``present`` = ``past`` + the new positions, a fresh tensor
+  each step (copies the whole cache every token).
+
+``share_buffer=None`` (default) picks the first when the export supports it; ``False`` forces the
+second (tests compare the two).
 
 Public API::
 
@@ -38,12 +56,9 @@ from distillm_edge.errors import UserError
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def _weight_dtype(graph_file: Path, io_type: str) -> str:
+def _weight_dtype(model, io_type: str) -> str:
     """int4/int8 when the graph has MatMulNBits nodes (the narrowest width present: our int4 keeps the
     head and the sensitive layers 8-bit, and its first layer is one of them), else the float type."""
-    import onnx
-
-    model = onnx.load(str(graph_file), load_external_data=False)
     widths = {next((a.i for a in node.attribute if a.name == "bits"), 4)
               for node in model.graph.node if node.op_type == "MatMulNBits"}
     if widths:
@@ -51,8 +66,16 @@ def _weight_dtype(graph_file: Path, io_type: str) -> str:
     return "fp16" if io_type == "tensor(float16)" else "fp32"
 
 
+def _gqa_cache_inputs(model) -> set[str]:
+    """Graph inputs that feed a GroupQueryAttention node as its past key (input 3) or value (input 4):
+    the cache tensors GQA can update in place when past and present share one buffer."""
+    return {name for node in model.graph.node if node.op_type == "GroupQueryAttention"
+            for name in node.input[3:5] if name}
+
+
 class OnnxBackend:
-    def __init__(self, spec: str, threads: int = 0, tokenizer=None):
+    def __init__(self, spec: str, threads: int = 0, tokenizer=None, share_buffer: bool | None = None):
+        import onnx
         import onnxruntime as ort
 
         started = time.perf_counter()
@@ -63,7 +86,8 @@ class OnnxBackend:
                 f"{path}: not an ONNX export directory (no genai_config.json). "
                 "Create one with: distillm-edge export --model MODEL --format onnx"
             )
-        config = json.loads(config_file.read_text())["model"]
+        genai_config = json.loads(config_file.read_text())
+        config = genai_config["model"]
         decoder = config["decoder"]
         self.path = path
         self.num_layers = int(decoder["num_hidden_layers"])
@@ -85,6 +109,19 @@ class OnnxBackend:
         key0 = self._in["past_key_names"] % 0
         self._kv_dtype = _NP_TYPES[inputs[key0].type]
         self._output_names = [o.name for o in self.session.get_outputs()]
+        graph_proto = onnx.load(str(graph), load_external_data=False)
+        cache_names = {self._in[k] % layer for layer in range(self.num_layers)
+                       for k in ("past_key_names", "past_value_names")}
+        supported = (bool(genai_config.get("search", {}).get("past_present_share_buffer"))
+                     and cache_names <= _gqa_cache_inputs(graph_proto)
+                     and self._in.get("attention_mask") in self._input_names)
+        if share_buffer and not supported:
+            raise UserError(
+                f"{config_file}: this export cannot share past/present KV buffers (needs "
+                "search.past_present_share_buffer and GroupQueryAttention reading every past_key_values input); "
+                "open it with share_buffer=None or False."
+            )
+        self.share_buffer = supported if share_buffer is None else bool(share_buffer)
 
         if tokenizer is None:
             from transformers import AutoTokenizer
@@ -95,7 +132,7 @@ class OnnxBackend:
         eos = config.get("eos_token_id", tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos if isinstance(eos, list) else [eos]) - {None}
         self.info = BackendInfo(
-            backend="onnx", model=str(spec), path=str(graph), dtype=_weight_dtype(graph, inputs[key0].type),
+            backend="onnx", model=str(spec), path=str(graph), dtype=_weight_dtype(graph_proto, inputs[key0].type),
             threads=threads, load_seconds=time.perf_counter() - started,
         )
 
@@ -150,9 +187,63 @@ class OnnxBackend:
     def token_logprobs(self, ids: Sequence[int], start: int = 1) -> np.ndarray:
         return gather_token_logprobs(self.next_token_logprobs(ids), ids, start)
 
+    def _shared_steps(self, ids: Sequence[int], capacity: int) -> Iterator[np.ndarray]:
+        """Generator protocol for the shared-buffer cache: ``send(token)`` feeds one token and gets the
+        next-token logits [V]; the first ``next()`` runs the prompt ``ids``.
+
+        One binding for the whole sequence: the cache values are bound once (past input and present
+        output the same OrtValue); each step rebinds only ``input_ids``, ``attention_mask`` (and
+        ``position_ids`` if the graph has them) and, after the prompt, a reused [1, 1, V] logits buffer.
+        """
+        import onnxruntime as ort
+
+        cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros((1, self.kv_heads, capacity, self.head_size),
+                                                           dtype=self._kv_dtype))
+                 for _ in range(2 * self.num_layers)]
+        mask = np.ones((1, capacity), dtype=np.int64)
+        binding = self.session.io_binding()
+        logits_name = self._out["logits"]
+        binding.bind_output(logits_name, "cpu")  # first: get_outputs() lists outputs in binding order
+        for layer in range(self.num_layers):
+            for i, (past, present) in enumerate((("past_key_names", "present_key_names"),
+                                                 ("past_value_names", "present_value_names"))):
+                binding.bind_ortvalue_input(self._in[past] % layer, cache[2 * layer + i])
+                binding.bind_ortvalue_output(self._out[present] % layer, cache[2 * layer + i])
+        step_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
+        step, done = list(ids), 0
+        while True:
+            total = done + len(step)
+            if self.context_length and total > self.context_length:
+                raise UserError(f"sequence of {total} tokens exceeds the export's context length {self.context_length}.")
+            binding.bind_cpu_input(self._in["input_ids"], np.asarray([step], dtype=np.int64))
+            binding.bind_cpu_input(self._in["attention_mask"], mask[:, :total])
+            if "position_ids" in self._input_names:
+                binding.bind_cpu_input("position_ids", np.arange(done, total, dtype=np.int64)[None])
+            self.session.run_with_iobinding(binding)
+            if done:
+                row = step_logits[0, -1]
+            else:
+                row = binding.get_outputs()[0].numpy()[0, -1]
+                binding.bind_ortvalue_output(logits_name, ort.OrtValue.ortvalue_from_numpy(step_logits))
+            done = total
+            step = [(yield row)]
+
     def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
                top_p: float = 1.0) -> Iterator[int]:
         rng = np.random.default_rng(seed)
+        if max_new_tokens <= 0:
+            return
+        if self.share_buffer:
+            capacity = min(len(ids) + max_new_tokens, self.context_length or len(ids) + max_new_tokens)
+            steps = self._shared_steps(ids, capacity)
+            logits = next(steps)
+            for i in range(max_new_tokens):
+                token = sample(log_softmax(logits), temperature, rng, top_p)
+                yield token
+                if token in self.eos_token_ids or i + 1 == max_new_tokens:
+                    return
+                logits = steps.send(token)
+            return
         cache = self._empty_cache()
         step = list(ids)
         for _ in range(max_new_tokens):
