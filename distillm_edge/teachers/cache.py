@@ -71,7 +71,7 @@ from torch import Tensor
 
 from distillm_edge.errors import UserError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-row target log-probs (teacher perplexity from the cache); several splits
 TEMPERATURES: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 8.0)  # interpolation error <= 2e-3 nats (see tests)
 MANIFEST = "manifest.json"
 _FMIN = torch.finfo(torch.float32).min
@@ -86,7 +86,7 @@ class CacheConfig:
     out: str
     top_k: int = 64
     student: str | None = "smollm2-135m-instruct"  # for the shared-vocabulary tail of a cross-tokenizer teacher
-    split: str = "train"
+    split: str = "train"  # or several, comma-separated: train,valid (the trainer's held-out scores read the cache too)
     max_length: int = 1024  # teacher tokens per record (the trainer gives other-tokenizer teachers 4 x max_length)
     train_on_prompt: bool = False
     temperatures: tuple[float, ...] = TEMPERATURES
@@ -94,7 +94,8 @@ class CacheConfig:
     dtype: str = "float32"
     threads: int = 0
     zstd_level: int = 3
-    max_examples: int | None = None
+    max_examples: int | None = None  # per split
+    record_ids: tuple[str, ...] | None = None  # cache only these records (e.g. those an ablation's runs will use)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -111,8 +112,11 @@ class CacheConfig:
 
 
 def summarize_rows(logits: Tensor, top_k: int, temperatures: Sequence[float],
-                   shared_ids: Tensor | None = None) -> dict[str, Tensor]:
+                   shared_ids: Tensor | None = None, targets: Tensor | None = None) -> dict[str, Tensor]:
     """Top-k log-probs/ids and the tail's ``[f(β), f'(β)]`` per row of teacher ``logits`` [n, V].
+
+    With ``targets`` [n] (each row's next token in the teacher's own tokenization), also
+    ``target_logp`` [n] fp32: the teacher's log-probability of it (its perplexity, exactly).
 
     ``tail`` [n, G, 2] covers the whole vocabulary outside the top-k; with ``shared_ids`` (a
     teacher with another tokenizer) ``shared_tail`` instead covers only the shared entries outside
@@ -124,6 +128,8 @@ def summarize_rows(logits: Tensor, top_k: int, temperatures: Sequence[float],
     top_logp, top_ids = lp.topk(k, dim=-1)
     rest = lp.scatter(1, top_ids, float("-inf"))
     out = {"top_ids": top_ids.to(torch.int32), "top_logp": top_logp.to(torch.float16)}
+    if targets is not None:
+        out["target_logp"] = lp.gather(1, targets.long().view(-1, 1).to(lp.device)).view(-1)
     if shared_ids is None:
         out["tail"] = _tail_stats(rest, temperatures)
     else:
@@ -324,6 +330,7 @@ def _settings(cfg: CacheConfig, data: Path, teacher_tok, student_tok, cross: boo
         "teacher_tokenizer": tokenizer_hash(teacher_tok), "dtype": cfg.dtype,
         "student_tokenizer": tokenizer_hash(student_tok) if cross else None,
         "dataset_sha256": dataset_hash(data), "split": cfg.split, "max_examples": cfg.max_examples,
+        "record_ids": None if cfg.record_ids is None else _cache_key({"ids": sorted(cfg.record_ids)}),
         "top_k": cfg.top_k, "max_length": cfg.max_length, "train_on_prompt": cfg.train_on_prompt,
         "temperatures": list(cfg.temperatures), "shard_size": cfg.shard_size,
     }
@@ -363,9 +370,14 @@ def run(cfg: CacheConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     data = resolve_data(cfg.data)
     dataset = load_prepared(data)
-    if cfg.split not in dataset:
-        raise UserError(f"--split {cfg.split}: {data} has splits {', '.join(dataset)}.")
-    records = list(dataset[cfg.split])[: cfg.max_examples]
+    records = []
+    for split in (x.strip() for x in cfg.split.split(",") if x.strip()):
+        if split not in dataset:
+            raise UserError(f"--split {split}: {data} has splits {', '.join(dataset)}.")
+        records += list(dataset[split])[: cfg.max_examples]
+    if cfg.record_ids is not None:
+        wanted = set(cfg.record_ids)
+        records = [rec for rec in records if str(rec["id"]) in wanted]
     tok = load_tokenizer(cfg.teacher, progress=cfg.progress)
     ensure_chat_template(tok)
     student_tok, vocab_map = None, None
@@ -412,7 +424,8 @@ def run(cfg: CacheConfig) -> dict:
                 width = teacher.model.get_output_embeddings().weight.shape[0]
                 logits = teacher_forward(teacher, batch, student_vocab=width).logits[0]
                 for start in range(0, logits.shape[0], 32):  # bounded memory for 262k-wide rows
-                    for k, v in summarize_rows(logits[start : start + 32], cfg.top_k, cfg.temperatures, shared_ids).items():
+                    for k, v in summarize_rows(logits[start : start + 32], cfg.top_k, cfg.temperatures, shared_ids,
+                                               batch.targets[start : start + 32]).items():
                         parts.setdefault(k, []).append(v)
                 parts.setdefault("row_pos", []).append(batch.loss_mask[0].nonzero()[:, 0].to(torch.int32))
                 parts.setdefault("ids", []).append(torch.tensor(enc.ids, dtype=torch.int32))
@@ -514,6 +527,40 @@ class CachedTeacher:
                 entries[rid] = _Entry(tensors, tok, m[0], row, m[1], m)
                 tok, row = tok + m[0], row + m[1]
         return cls(path, manifest, entries, vocab_map)
+
+    def __contains__(self, record_id: str) -> bool:
+        return record_id in self.entries
+
+    def score(self, example, student_logits: Tensor) -> dict[str, float]:
+        """Held-out sums for one example from the cache (``report.evaluate``'s per-teacher numbers, at τ = 1).
+
+        ``nll``: the teacher's NLL of its own counted tokens (within the text the student saw): exact, from
+        the cached target log-probs. ``kl``/``kl_rows``: summed KL(teacher || student) over the rows the
+        online evaluation uses, on top-k ∪ {tail} (a lower bound of the online KL: see the module docstring).
+        ``aligned``/``mass`` (another tokenizer): aligned rows and the teacher's probability on the shared
+        vocabulary there. ``student_logits``: the example's flat rows [1, N, V].
+        """
+        e = self._entry(example.id)
+        if "target_logp" not in e.shard:
+            raise UserError(f"{self.path}: built before target log-probs were cached; rebuild it.")
+        s = example.student
+        same = self.vocab_map is None
+        n_ids = len(s.ids) if same else len(self.encoding(example.id, s.response_chars if s.truncated else None).ids)
+        sl = slice(e.row_start, e.row_start + e.n_rows)
+        keep = e.shard["row_pos"][sl] < n_ids - 1
+        out = {"nll": -float(e.shard["target_logp"][sl][keep].double().sum())}
+        rows = self.rows_for([example])
+        out["kl"] = float(cached_kd_loss(student_logits, rows, temperature=1.0, normalizer=1.0, vocab_map=self.vocab_map))
+        out["kl_rows"] = int(rows.student_rows.numel())
+        if not same:
+            t_ids = self.vocab_map[1]
+            top_max = int(rows.top_ids.max()) if rows.top_ids.numel() else 0
+            shared = torch.zeros(max(int(t_ids.max()), top_max) + 1, dtype=torch.bool)
+            shared[t_ids] = True
+            top = rows.top_logp.masked_fill(~shared[rows.top_ids], float("-inf"))
+            both = torch.cat([top, tail_at(rows.tail, self.temperatures, 1.0).unsqueeze(1)], dim=1)
+            out["aligned"], out["mass"] = out["kl_rows"], float(torch.logsumexp(both, dim=1).exp().sum())
+        return out
 
     def _entry(self, record_id: str) -> _Entry:
         try:

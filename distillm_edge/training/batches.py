@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -111,6 +111,7 @@ class Batch:
     specialties: tuple[str, ...]
     difficulties: tuple[int, ...]
     views: dict[int, TeacherView]
+    cached: dict = field(default_factory=dict)  # teacher index -> teachers.cache.CachedRows (cached teachers; step.py)
 
     @property
     def tokens(self) -> int:

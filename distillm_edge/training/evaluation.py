@@ -107,7 +107,7 @@ def evaluate_real(r: Run, student) -> dict | None:
     records = real_records(path, cfg.real_eval_examples)
     # teachers with the student's tokenizer only: their perplexity is per the same tokens (a ratio means something),
     # and another-tokenizer teacher's full-vocabulary pass (Gemma-3: 262k) would cost more than the rest of the check
-    teachers = [t for t in r.teachers if t.same_tokenizer]
+    teachers = [t for t in r.teachers if t.same_tokenizer and t.cache is None]  # (a cache holds the run's data only)
     examples, _ = encode_records(records, r.tokenizer, {}, cfg.max_length, train_on_prompt=cfg.train_on_prompt)
     if not examples:
         r.log.say(f"[yellow]real_eval {path}: no usable record within max_length; skipped.[/]")
@@ -127,6 +127,9 @@ def evaluate_real(r: Run, student) -> dict | None:
     skipped = [t.name for t in r.teachers if not t.same_tokenizer]
     if skipped:
         lines.append(f"  (not scored: {', '.join(skipped)}, another tokenizer: its perplexity is not per the same tokens)")
+    cached = [t.name for t in r.teachers if t.same_tokenizer and t.cache is not None]
+    if cached:
+        lines.append(f"  (not available: {', '.join(cached)}, cached teachers: their caches hold the run's data only)")
     text = "\n".join(lines)
     report = r.run_dir / "report.md"
     previous = report.read_text(encoding="utf-8") if report.is_file() else ""

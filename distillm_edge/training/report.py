@@ -69,6 +69,7 @@ def evaluate(students: dict[str, torch.nn.Module], teachers: Sequence, examples:
 
     Each teacher runs once per example; its distribution is compared with every student's.
     """
+    from distillm_edge.training.cached_teachers import score_cached
     from distillm_edge.training.teachers import cross_rows_kl, teacher_forward
 
     scores = {name: Scores() for name in students} | {t.name: Scores() for t in teachers}
@@ -86,6 +87,9 @@ def evaluate(students: dict[str, torch.nn.Module], teachers: Sequence, examples:
             sc.student_tokens += n
         vocab = next(iter(s_logits.values())).shape[-1] if s_logits else 0
         for t in teachers:
+            if t.cache is not None:  # a cached teacher is scored from its cache (cached_teachers.py)
+                score_cached(scores, t, ex, s_logits, n)
+                continue
             out = teacher_forward(t, batch, student_vocab=vocab, for_eval=True)
             sc = scores[t.name]
             sc.nll += out.nll

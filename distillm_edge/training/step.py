@@ -59,7 +59,7 @@ def batch_counts(r: Run, batch: Batch) -> dict[str, float]:
     out = {"rows": float(w.sum())}
     for t in r.teachers:
         if not t.same_tokenizer:
-            rows = batch.views[t.index].student_rows
+            rows = (batch.views[t.index] if t.cache is None else batch.cached[t.index]).student_rows
             out[f"rows/{t.index}"] = float(w[rows].sum())
             out[f"aligned/{t.index}"] = float(rows.numel())
     if r.hidden_map:
@@ -117,7 +117,7 @@ def compute_loss(r: Run, batch: Batch, tau: float, counts: dict[str, float] | No
                                          hidden=bool(r.hidden_map) and t.index == cfg.hidden.teacher,
                                          attentions=bool(r.attention_map) and t.index == cfg.attention.teacher,
                                          shared_only=cfg.cross_tokenizer.shared_only)
-                for t in r.teachers}
+                for t in r.teachers if t.cache is None}  # a cached teacher's rows are batch.cached[t.index]
         if cfg.kd_weight > 0.0:
             parts |= distillation(r, batch, logits, outs, row_w, tau, counts)
             total = total + cfg.kd_weight * parts["kd"]
@@ -156,6 +156,7 @@ def distillation(r: Run, batch: Batch, logits: torch.Tensor, outs: dict, row_w: 
     Confidence weighting: per row, teacher k gets ``c_k`` from its entropy (``losses.confidence_weights``,
     the static weights as prior); a cross-tokenizer teacher is only available at aligned rows.
     """
+    from distillm_edge.teachers.cache import cached_kd_loss
     from distillm_edge.training.cross_tokenizer import cross_tokenizer_kd, projected_kd
     from distillm_edge.training.losses import confidence_weights, kd_loss, token_entropy
 
@@ -180,6 +181,13 @@ def distillation(r: Run, batch: Batch, logits: torch.Tensor, outs: dict, row_w: 
     base_w = row_w if row_w is not None else torch.ones(1, n, device=dev)
     parts, kd = {}, logits.new_zeros((), dtype=torch.float32)
     for t in r.teachers:
+        if t.cache is not None:  # top-k rows from the teacher's cache (teachers/cache.py; no confidence weighting)
+            vmap = None if t.same_tokenizer else t.cache.vocab_map
+            part = cached_kd_loss(logits, batch.cached[t.index], weights=row_w, vocab_map=vmap, **common,
+                                  normalizer=counts["rows"] if t.same_tokenizer else counts[f"rows/{t.index}"])
+            parts[f"kd/{t.name}"] = part.detach()
+            kd = kd + t.weight * part
+            continue
         tl = outs[t.index].logits.to(dev)
         # static: teacher k's own weighted mean, scaled by w_k; confidence: per-row weights, one shared denominator
         own = counts["rows"] if t.same_tokenizer else counts[f"rows/{t.index}"]
@@ -224,22 +232,29 @@ def accumulate(r: Run, batches: list[Batch], tau: float) -> tuple[dict[str, floa
     scale = float(acc.num_processes)  # DDP averages gradients over processes; the losses are shares of one sum
     sums: dict[str, float] = {}
     tokens = seen = 0
-    for a, batch in enumerate(batches):
-        sync = a == n - 1
-        with contextlib.nullcontext() if sync else acc.no_sync(r.student), acc.autocast():
-            parts = compute_loss(r, batch, tau, counts)
-            acc.backward(parts["loss"] * scale if scale != 1.0 else parts["loss"])
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        tokens += batch.tokens
-        seen += int(batch.attention_mask.sum())
+    with acc.autocast():  # one region for the whole step: autocast casts each trainable weight once (precision.py)
+        for a, batch in enumerate(batches):
+            sync = a == n - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(r.student):
+                parts = compute_loss(r, batch, tau, counts)
+                acc.backward(parts["loss"] * scale if scale != 1.0 else parts["loss"])
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            tokens += batch.tokens
+            seen += int(batch.attention_mask.sum())
     return sums, tokens, seen
 
 
 def step_batches(r: Run, micro: int, world: int, rank: int, pads: dict[int, int], student_pad: int) -> list[Batch]:
-    """This process's micro-batches of the optimizer step starting at global micro-batch ``micro``."""
-    return [collate([r.train_examples[i] for i in r.plan[micro + a * world + rank]], student_pad, pads)
-            for a in range(r.cfg.grad_accum)]
+    """This process's micro-batches of the optimizer step starting at global micro-batch ``micro``
+    (with the rows of cached teachers attached: ``cached_teachers.attach_rows``)."""
+    from distillm_edge.training.cached_teachers import attach_rows
+
+    out = []
+    for a in range(r.cfg.grad_accum):
+        examples = [r.train_examples[i] for i in r.plan[micro + a * world + rank]]
+        out.append(attach_rows(r.teachers, collate(examples, student_pad, pads), examples))
+    return out
 
 
 def step_flops(batches: list[Batch], student_shape, teacher_shapes: dict[int, object], same_tokenizer: dict[int, bool]) -> float:

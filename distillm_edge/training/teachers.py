@@ -8,9 +8,9 @@ impossible configs (attention alignment with a cross-tokenizer teacher) fail fas
 the same regular vocabulary and the same special tokens where the student uses them
 (:func:`compare_tokenizers`): Llama-3.0 and Llama-3.2 differ only in reserved token names.
 
-Teachers run under ``torch.inference_mode()`` in the training step itself (no logit cache: on a
-CPU the memory for cached 49k/262k-wide rows would dwarf the models, and each record is seen
-about once). Only the rows that are used are projected to the vocabulary
+Teachers run under ``torch.inference_mode()`` in the training step itself, unless a teacher has
+``cache: DIR`` (its top-k log-probs precomputed by ``distillm-edge teachers cache``; no weights
+load: see ``cached_teachers.py``). Only the rows that are used are projected to the vocabulary
 (``logits_to_keep=<mask>``); a cross-tokenizer teacher trained with shared-vocabulary KL alone
 (``uld_weight: 0``) is projected onto the shared entries only (46k of Gemma's 262k rows for
 SmolLM2), which is 5-6x cheaper and gives identical numbers, because the shared-vocabulary KL
@@ -49,6 +49,8 @@ class Teacher:
     vocab_map: tuple[torch.Tensor, torch.Tensor] | None = None  # (student_ids, teacher_ids) if cross-tokenizer
     model: torch.nn.Module | None = None
     shared_head: torch.Tensor | None = None  # output-embedding rows of the shared vocabulary [S, D]
+    cache: object | None = None  # a teachers.cache.CachedTeacher (``teachers[i].cache``): read, never run
+    autocast_weights: object | None = None  # precision.AutocastWeights: bf16 Linear copies for forwards under autocast
 
     @property
     def device(self) -> torch.device:
@@ -204,6 +206,8 @@ def load_teacher_weights(teachers: list[Teacher], cfg: TrainConfig, device: torc
     from distillm_edge.models import LoadOptions, load_model
 
     for t, tc in zip(teachers, cfg.teachers, strict=True):
+        if t.cache is not None:  # a cached teacher loads no weights (cached_teachers.py)
+            continue
         where = tc.device or str(device)
         options = LoadOptions(dtype=tc.dtype, device=where, device_map=tc.device_map, quantization=tc.quantization)
         model, _ = load_model(tc.model, options, progress=False)
@@ -220,13 +224,51 @@ def load_teacher_weights(teachers: list[Teacher], cfg: TrainConfig, device: torc
                 t.shared_head = head.detach()[t.vocab_map[1].to(head.device)]
 
 
+def prepare_for_autocast(teachers: list[Teacher], dtype: torch.dtype) -> int:
+    """Give each loaded teacher pre-cast ``dtype`` copies of its fp32 Linear weights (and shared-vocabulary
+    head), used by :func:`teacher_forward` under autocast (``precision.AutocastWeights``); returns the bytes added."""
+    from distillm_edge.training.precision import AutocastWeights
+
+    added = 0
+    for t in teachers:
+        if t.model is None:
+            continue
+        t.autocast_weights = AutocastWeights(t.model, dtype)
+        added += t.autocast_weights.nbytes
+        if t.shared_head is not None and t.shared_head.dtype == torch.float32:
+            t.autocast_weights.shared_head = t.shared_head.to(dtype)
+            added += t.shared_head.numel() * 2
+    return added
+
+
 @torch.inference_mode()
 def teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bool = False,
                     attentions: bool = False, for_eval: bool = False, shared_only: bool = False) -> TeacherOutput:
     """One teacher pass over ``batch``: logits at the rows the losses need (see ``TeacherOutput``).
 
-    ``shared_only`` projects a cross-tokenizer teacher onto the shared vocabulary only.
+    ``shared_only`` projects a cross-tokenizer teacher onto the shared vocabulary only. Under
+    autocast the teacher's pre-cast Linear weights are used (:func:`prepare_for_autocast`).
     """
+    from distillm_edge.training.precision import autocast_dtype
+
+    low = t.autocast_weights
+    if low is None or autocast_dtype(t.device) != low.dtype:
+        return _teacher_forward(t, batch, student_vocab=student_vocab, hidden=hidden, attentions=attentions,
+                                for_eval=for_eval, shared_only=shared_only)
+    full_head = t.shared_head
+    t.shared_head = getattr(low, "shared_head", full_head)
+    try:
+        with low.active():
+            return _teacher_forward(t, batch, student_vocab=student_vocab, hidden=hidden, attentions=attentions,
+                                    for_eval=for_eval, shared_only=shared_only)
+    finally:
+        t.shared_head = full_head
+
+
+def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bool, attentions: bool,
+                     for_eval: bool, shared_only: bool) -> TeacherOutput:
+    from distillm_edge.training.precision import autocast_dtype
+
     model, dev = t.model, t.device
     extra = {"output_hidden_states": hidden or None, "output_attentions": attentions or None}
     if t.same_tokenizer:
@@ -244,7 +286,8 @@ def teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: boo
         base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         out = base(input_ids=ids, attention_mask=mask, **extra)
         rows = out.last_hidden_state[keep.to(dev)]
-        logits = (rows @ t.shared_head.T.to(rows.dtype)).unsqueeze(0)
+        head = t.shared_head if t.shared_head.dtype != torch.float32 and autocast_dtype(dev) else t.shared_head.to(rows.dtype)
+        logits = (rows @ head.T).unsqueeze(0)
         cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

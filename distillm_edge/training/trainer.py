@@ -300,6 +300,9 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
         log.say(f"teacher {t.name}: weight {t.weight:.2f}, "
                 + ("same tokenizer" if t.same_tokenizer else f"other tokenizer, {len(t.vocab_map[0]):,} shared tokens")
                 + (f" ({t.tokenizer_note})" if t.tokenizer_note else ""))
+    from distillm_edge.training.cached_teachers import check_coverage, open_caches
+
+    open_caches(cfg, teachers, tokenizer, prepared_data(cfg, tokenizer), log)  # teachers[i].cache: no weights load
     refuse_if_unfit(cfg, processes=accelerator.num_processes)  # memory planner: what cannot fit stops before loading
     train_examples, valid_examples = load_examples(cfg, tokenizer, teachers, log)
 
@@ -311,6 +314,12 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
              if tc.quantization == "none" and tc.device is None and tc.device_map is None and tc.dtype == cfg.student.dtype}
     student = build_student(cfg, accelerator.device, attn, reuse)
     del reuse
+    if accelerator.mixed_precision == "bf16":  # teachers' Linear weights cast once, not on every forward
+        from distillm_edge.training.teachers import prepare_for_autocast
+
+        added = prepare_for_autocast(teachers, torch.bfloat16)
+        if added:
+            log.say(f"teachers: bf16 copies of their Linear weights for autocast ({added / 2**20:.0f} MiB)")
     before = None  # the "before" column, measured now rather than from a copy of the student kept through training
     if valid_examples and accelerator.is_main_process:
         before = evaluate_before(student, teachers, valid_examples, pad_id(tokenizer), log)
@@ -394,6 +403,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
         r.state = state = ckpt.load_checkpoint(path, modules(r), optimizer, scheduler)
         state.loss_settings = loss_settings(cfg)  # later checkpoints record the settings they were trained with
         log.say(f"resumed from {path} (step {state.step}, micro-batch {state.micro})")
+    check_coverage(r)  # the records the plan uses are in every teacher cache
     r.peak_flops, r.flop_shapes = measure_mfu_peak(r)
     r.setup_seconds = time.perf_counter() - started
     return r
@@ -408,7 +418,7 @@ def measure_mfu_peak(r: Run) -> tuple[float | None, tuple | None]:
         return None, None
     try:
         student = ModelShape.from_config(text_config(r.accelerator.unwrap_model(r.student)))
-        teachers = {t.index: ModelShape.from_config(text_config(t.model)) for t in r.teachers}
+        teachers = {t.index: ModelShape.from_config(text_config(t.model)) for t in r.teachers if t.model is not None}
     except (AttributeError, TypeError):
         return None, None
     bf16 = r.accelerator.mixed_precision == "bf16"
