@@ -12,6 +12,16 @@
   fp16 is refused (it needs loss scaling, and every GPU of the research setup has bf16).
 - The losses themselves always compute in fp32 (``losses.py`` upcasts each chunk and turns
   autocast off inside), so bf16 autocast changes only the matmuls.
+- Casts paid once, not per forward: autocast re-casts every fp32 weight a matmul touches on every
+  call. For the student's trainable weights its cast cache already helps within one autocast
+  region, so :func:`step.accumulate` runs all micro-batches of an optimizer step in one region
+  (the weights cannot change inside a step: one cast per step instead of one per micro-batch).
+  Frozen teachers are not cached by autocast (it caches only leaf tensors that require grad);
+  :class:`AutocastWeights` keeps a bf16 copy of each teacher's ``nn.Linear`` weights, made once,
+  and swaps it in for the teachers' training forwards under autocast; the student's frozen Linear
+  weights (a frozen tied LM head, LoRA's fp32 base) get the same (``frozen_only``). The values are identical
+  (autocast would round the same fp32 weight to the same bf16 value); evaluation outside
+  autocast keeps the fp32 weights. Measured by ``benchmarks/train_step.py`` (``precision``).
 - Optimizer: ``optimizer: adamw`` (torch) or ``adamw_8bit`` (bitsandbytes' 8-bit AdamW: the two
   moment states in 8 bits, ~75% less optimizer memory; needs bitsandbytes, and a GPU in practice).
 - ``gradient_checkpointing: true`` recomputes each block's activations in backward (less memory,
@@ -21,6 +31,9 @@ Test: ``pytest tests/training/test_train_precision.py``.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -68,3 +81,39 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimize
                             "(or set optimizer: adamw).") from None
         return bnb.optim.AdamW8bit(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class AutocastWeights:
+    """bf16 (or ``dtype``) copies of a frozen model's fp32 ``nn.Linear`` weights, made once.
+
+    :meth:`active` swaps them in for a forward under autocast and restores the fp32 weights after,
+    so a forward outside autocast (evaluation) still runs in fp32. Quantized linears (bitsandbytes,
+    which subclass ``nn.Linear``) and non-fp32 weights are left alone. A weight tied to the input
+    embedding (a tied LM head) is swapped only on the Linear: the embedding keeps its fp32 table.
+    """
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16, *, frozen_only: bool = False):
+        self.dtype = dtype
+        self.pairs = [(m, m.weight, torch.nn.Parameter(m.weight.detach().to(dtype), requires_grad=False))
+                      for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
+                      and not (frozen_only and m.weight.requires_grad)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(low.numel() * low.element_size() for _, _, low in self.pairs)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        for m, _, low in self.pairs:
+            m.weight = low
+        try:
+            yield
+        finally:
+            for m, full, _ in self.pairs:
+                m.weight = full
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The dtype autocast casts to on ``device`` right now, or None when autocast is off there."""
+    kind = torch.device(device).type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None

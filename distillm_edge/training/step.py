@@ -96,12 +96,15 @@ def compute_loss(r: Run, batch: Batch, tau: float, counts: dict[str, float] | No
     """
     from distillm_edge.training.alignment import attention_loss, hidden_state_loss
     from distillm_edge.training.losses import cross_entropy_loss
+    from distillm_edge.training.precision import autocast_dtype
 
     cfg, dev = r.cfg, r.accelerator.device
     counts = counts if counts is not None else batch_counts(r, batch)
-    out = r.student(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                    logits_to_keep=batch.loss_mask.to(dev), output_hidden_states=bool(r.hidden_map) or None,
-                    output_attentions=bool(r.attention_map) or None)
+    low = r.student_autocast  # the frozen Linears' bf16 copies under autocast (precision.AutocastWeights)
+    with low.active() if low is not None and autocast_dtype(dev) == low.dtype else contextlib.nullcontext():
+        out = r.student(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+                        logits_to_keep=batch.loss_mask.to(dev), output_hidden_states=bool(r.hidden_map) or None,
+                        output_attentions=bool(r.attention_map) or None)
     vocab = out.logits.shape[-1]
     logits = out.logits.reshape(1, -1, vocab)
     row_w = row_weights(r, batch)

@@ -97,6 +97,7 @@ class Run:
     setup_seconds: float = 0.0
     plan_stages: tuple[int, ...] | None = None  # staged curriculum: each micro-batch's stage
     fake_quant: object | None = None  # fakequant.FakeQuant handle (fake_quant config)
+    student_autocast: object | None = None  # precision.AutocastWeights of the student's frozen Linears (bf16 runs)
     peak_flops: float | None = None  # matmul FLOP/s measured at start-up (CPU), in the dtype the step runs in
     flop_shapes: tuple | None = None  # (student ModelShape, {teacher index: ModelShape}, {index: same tokenizer})
 
@@ -339,6 +340,11 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
                 f"{'symmetric' if fqc.symmetric else 'asymmetric'}), bits on the schedule "
                 + " -> ".join(f"{int(b)}@{f:g}" for f, b in fqc.schedule)
                 + (f"; skipped {len(fq.skipped)} (in_features not a multiple of the group)" if fq.skipped else ""))
+    student_autocast = None
+    if accelerator.mixed_precision == "bf16":  # a frozen (tied) head or LoRA base: cast once, not per micro-batch
+        from distillm_edge.training.precision import AutocastWeights
+
+        student_autocast = AutocastWeights(student, torch.bfloat16, frozen_only=True)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     projections = None
@@ -391,7 +397,8 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
     r = Run(cfg, run_dir, accelerator, tokenizer, student, teachers, projections, optimizer, scheduler,
             train_examples, valid_examples, plan, total_steps, log, before=before,
             hidden_map=hidden_map, attention_map=attention_map, l2_reference=l2_reference,
-            vocab_projections=vocab_projections, plan_stages=plan_stages, fake_quant=fq)
+            vocab_projections=vocab_projections, plan_stages=plan_stages, fake_quant=fq,
+            student_autocast=student_autocast if student_autocast and student_autocast.pairs else None)
     if cfg.specialty_weights is not None:
         counts: dict[str, int] = {}
         for e in train_examples:
