@@ -14,7 +14,9 @@ for every repetition so no run reuses a cached prefix). Each runtime gets its ow
 ours and theirs alternate repetition by repetition, so load drift hits both alike. It prints TTFT
 (ms) and decode tokens/s (first token excluded), medians over repetitions, and the ratios
 ours / theirs (decode: higher is better; TTFT: theirs / ours, so above 1 means we are faster).
-The backends should stay at >= 0.96x of the runtimes.
+The backends should stay at >= 0.96x of the runtimes. ``--onnx-concat`` adds a row for our ONNX
+backend with its shared past/present KV buffer turned off (the cache grown by concatenation, as
+before the shared buffer), timed against the same Generator in the same run: the before/after.
 
 Run: ``python benchmarks/backend_overhead.py`` (3 repetitions after 1 warm-up, 64 new tokens;
 about 4 min on 2 quiet cores, plus a one-off ONNX export) or
@@ -104,6 +106,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="0: physical cores")
+    parser.add_argument("--onnx-concat", action="store_true",
+                        help="also time our ONNX backend with the KV cache grown by concatenation")
     args = parser.parse_args()
 
     from distillm_edge.bench.machine import load_average, physical_cores
@@ -141,9 +145,16 @@ def main() -> None:
         ours = OnnxBackend(str(folder), threads=threads)
         model = og.Model(str(folder))
         print(f"ONNX Runtime: {folder.name}, {threads} threads", flush=True)
+        print(f"ours: shared past/present KV buffer = {ours.share_buffer}", flush=True)
         rows += compare("ONNX Runtime", ours.stream, lambda ids, n: genai_generate(model, ids, n),
                         PromptBuilder(ours.tokenize), lengths, args.repeats, args.new_tokens)
         ours.close()
+        if args.onnx_concat:
+            ours = OnnxBackend(str(folder), threads=threads, share_buffer=False)
+            rows += compare("ONNX Runtime (concat cache)", ours.stream,
+                            lambda ids, n: genai_generate(model, ids, n),
+                            PromptBuilder(ours.tokenize), lengths, args.repeats, args.new_tokens)
+            ours.close()
 
     load_end = load_average()
     print(f"\n{args.repeats} repetitions after 1 warm-up, {args.new_tokens} new tokens, medians; "

@@ -7,8 +7,11 @@ a per-request stand-in for the backend whose ``stream`` runs through the slots, 
 
 - llama.cpp: a :class:`~distillm_edge.backends.llamacpp_batch.SlotScheduler` decodes up to N
   sequences in one context (one model, one KV cache with N sequences), like llama.cpp's server;
-- torch / ONNX Runtime: up to N threads stream from the one loaded model at once (both runtimes
-  run concurrent inference calls on one model; each stream keeps its own KV cache).
+- ONNX Runtime (exports whose KV cache GroupQueryAttention updates in place): an
+  :class:`~distillm_edge.backends.onnx_batch.OnnxSlotScheduler` decodes up to N sequences in one
+  session run per step (a batch dimension in the KV buffers);
+- torch / other ONNX exports: up to N threads stream from the one loaded model at once (both
+  runtimes run concurrent inference calls on one model; each stream keeps its own KV cache).
 
 A request waiting for a slot notices ``cancel`` (client gone, shutdown) while it waits.
 
@@ -34,10 +37,16 @@ class Engine:
 
             self.scheduler = SlotScheduler(backend, slots, ctx_per_slot, threads=threads or backend.info.threads)
             self.ctx_per_slot = self.scheduler.n_ctx_per_slot
+        elif backend.info.backend == "onnx" and getattr(backend, "share_buffer", False):
+            from distillm_edge.backends.onnx_batch import OnnxSlotScheduler
+
+            self.scheduler = OnnxSlotScheduler(backend, slots, ctx_per_slot)
+            self.ctx_per_slot = self.scheduler.n_ctx_per_slot
         else:
             self._slots = threading.BoundedSemaphore(slots)
             self.ctx_per_slot = ctx_per_slot
-        self.mode = "llama.cpp multi-sequence batch" if self.scheduler else "threads over one model"
+        modes = {"gguf": "llama.cpp multi-sequence batch", "onnx": "ONNX Runtime batched decode"}
+        self.mode = modes[backend.info.backend] if self.scheduler else "threads over one model"
 
     # --- admission -------------------------------------------------------------------------------
 

@@ -1,0 +1,278 @@
+"""Several sequences decoded together in one ONNX Runtime session: a batch dimension in the KV buffers.
+
+The ONNX counterpart of ``llamacpp_batch.py``, over the session an already-open
+:class:`~distillm_edge.backends.onnx_backend.OnnxBackend` loaded (no second copy of the weights).
+It needs an export whose cache GroupQueryAttention updates in place (``backend.share_buffer``):
+
+- :class:`BatchDecoder`: one zero-filled buffer per cache tensor, ``[n_seq, kv_heads, capacity,
+  head_size]``; row ``r`` holds sequence ``r``, right-padded. ``prefill(row, tokens)`` runs one
+  prompt alone over its row (batch 1, the row's slice bound as past and present);
+  ``decode(tokens)`` feeds the next token of rows ``0..k-1`` in one run with batch ``k``: the
+  ``attention_mask`` row ``b`` has ``length_b + 1`` ones, so GQA's ``seqlens_k`` (its sum - 1)
+  gives each row its own write position, rotary position and attention span, and
+  ``total_sequence_length`` (its width) is the longest. The rows in use are kept packed at the
+  front (``move`` copies a row's valid prefix), so a run never computes an idle row.
+- :class:`OnnxSlotScheduler`: continuous batching in one background thread, with the
+  ``SlotScheduler`` interface ``serve``'s engine uses: ``stream(ids, ...)`` queues a sequence and
+  yields its tokens; each step either prefills one admitted prompt or decodes every running
+  sequence together; finished or cancelled sequences free their row at once.
+
+Prompts are never batched with other sequences (GQA takes batch 1 for a prompt after a cache), and a
+sequence's logits do not depend on what else runs: the tests compare batched tokens and logits with
+``OnnxBackend.stream`` one sequence at a time.
+
+Test: ``pytest tests/backends/test_onnx_batch.py``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distillm_edge.backends.base import log_softmax, sample
+from distillm_edge.errors import UserError
+
+_CACHE_IO = (("past_key_names", "present_key_names"), ("past_value_names", "present_value_names"))
+
+
+class BatchDecoder:
+    """``n_seq`` right-padded sequences of at most ``n_ctx_per_seq`` tokens over ``backend``'s session."""
+
+    def __init__(self, backend, n_seq: int, n_ctx_per_seq: int):
+        if n_seq < 1 or n_ctx_per_seq < 2:
+            raise ValueError(f"need n_seq >= 1 and n_ctx_per_seq >= 2, got {n_seq} and {n_ctx_per_seq}")
+        if not backend.share_buffer:
+            raise UserError(f"{backend.path}: batched ONNX decoding needs an export whose KV cache "
+                            "GroupQueryAttention updates in place (genai_config past_present_share_buffer); "
+                            "this one decodes one sequence per thread instead.")
+        self.backend = backend
+        self.n_seq = n_seq
+        self.n_ctx_per_seq = min(n_ctx_per_seq, backend.context_length or n_ctx_per_seq)
+        shape = (n_seq, backend.kv_heads, self.n_ctx_per_seq, backend.head_size)
+        self.cache = [np.zeros(shape, dtype=backend._kv_dtype) for _ in range(2 * backend.num_layers)]
+        self.lengths = [0] * n_seq  # valid positions in each row
+        self._bindings: dict[int, tuple] = {}  # batch k -> (binding over rows 0..k-1, its logits buffer)
+
+    def _bind(self, rows: slice, logits: np.ndarray | None):
+        import onnxruntime as ort
+
+        b = self.backend
+        binding = b.session.io_binding()
+        if logits is None:
+            binding.bind_output(b._out["logits"], "cpu")
+        else:
+            binding.bind_ortvalue_output(b._out["logits"], ort.OrtValue.ortvalue_from_numpy(logits))
+        for layer in range(b.num_layers):
+            for i, (past, present) in enumerate(_CACHE_IO):
+                value = ort.OrtValue.ortvalue_from_numpy(self.cache[2 * layer + i][rows])  # a view: no copy
+                binding.bind_ortvalue_input(b._in[past] % layer, value)
+                binding.bind_ortvalue_output(b._out[present] % layer, value)
+        return binding
+
+    def _check(self, row: int, extra: int) -> None:
+        if not 0 <= row < self.n_seq:
+            raise ValueError(f"row {row} outside 0..{self.n_seq - 1}")
+        if self.lengths[row] + extra > self.n_ctx_per_seq:
+            raise ValueError(f"row {row} would reach {self.lengths[row] + extra} tokens, beyond its "
+                             f"context of {self.n_ctx_per_seq}")
+
+    def prefill(self, row: int, tokens: Sequence[int]) -> np.ndarray:
+        """Start sequence ``row`` with the prompt ``tokens`` (run alone); the logits after it [V]."""
+        if not tokens:
+            raise ValueError("cannot prefill an empty prompt")
+        self.lengths[row] = 0
+        self._check(row, len(tokens))
+        b = self.backend
+        binding = self._bind(slice(row, row + 1), None)
+        binding.bind_cpu_input(b._in["input_ids"], np.asarray([list(tokens)], dtype=np.int64))
+        binding.bind_cpu_input(b._in["attention_mask"], np.ones((1, len(tokens)), dtype=np.int64))
+        if "position_ids" in b._input_names:
+            binding.bind_cpu_input("position_ids", np.arange(len(tokens), dtype=np.int64)[None])
+        b.session.run_with_iobinding(binding)
+        self.lengths[row] = len(tokens)
+        return binding.get_outputs()[0].numpy()[0, -1].copy()
+
+    def decode(self, tokens: Sequence[int]) -> np.ndarray:
+        """Feed ``tokens[r]`` to row ``r`` for ``r < k = len(tokens)``, in one run; the logits [k, V]."""
+        k = len(tokens)
+        if not 1 <= k <= self.n_seq:
+            raise ValueError(f"{k} tokens for a decoder with {self.n_seq} rows")
+        for row in range(k):
+            self._check(row, 1)
+        if k not in self._bindings:
+            logits = np.zeros((k, 1, self.backend.vocab_size), dtype=np.float32)
+            self._bindings[k] = (self._bind(slice(0, k), logits), logits)
+        binding, logits = self._bindings[k]
+        b = self.backend
+        total = np.asarray(self.lengths[:k]) + 1
+        mask = (np.arange(total.max())[None] < total[:, None]).astype(np.int64)
+        binding.bind_cpu_input(b._in["input_ids"], np.asarray(tokens, dtype=np.int64)[:, None])
+        binding.bind_cpu_input(b._in["attention_mask"], mask)
+        if "position_ids" in b._input_names:
+            binding.bind_cpu_input("position_ids", (total - 1)[:, None].astype(np.int64))
+        b.session.run_with_iobinding(binding)
+        for row in range(k):
+            self.lengths[row] += 1
+        return logits[:, -1].copy()
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy sequence ``src`` into row ``dst`` (its valid prefix only) and free ``src``."""
+        n = self.lengths[src]
+        for buffer in self.cache:
+            buffer[dst, :, :n] = buffer[src, :, :n]
+        self.lengths[dst], self.lengths[src] = n, 0
+
+
+_DONE = object()
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    rng: np.random.Generator
+    cancel: threading.Event  # the caller's: set when its client goes away
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    row: int = -1
+    last: int = -1  # the token to feed next (-1: the prompt is not prefilled yet)
+    generated: int = 0
+    closed: bool = False  # the consumer stopped reading (generator closed)
+
+    def stopped(self) -> bool:
+        return self.closed or self.cancel.is_set()
+
+
+class OnnxSlotScheduler:
+    """Continuous batching: up to ``n_slots`` sequences decoded together, fed by one thread."""
+
+    def __init__(self, backend, n_slots: int, n_ctx_per_slot: int):
+        self.decoder = BatchDecoder(backend, n_slots, n_ctx_per_slot)
+        self.eos_token_ids = backend.eos_token_ids
+        self.n_slots, self.n_ctx_per_slot = n_slots, self.decoder.n_ctx_per_seq
+        self._waiting: deque[_Request] = deque()
+        self._active: list[_Request] = []  # request i owns decoder row i (rows kept packed)
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._prefill_turn = False
+        self.failure: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="onnx-slots", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+               top_p: float = 1.0, cancel: threading.Event | None = None) -> Iterator[int]:
+        """Yield the sequence's sampled tokens (stops after EOS or ``max_new_tokens``); closing the
+        generator or setting ``cancel`` frees its row."""
+        if not ids:
+            raise ValueError("cannot generate from an empty prompt")
+        if len(ids) + max_new_tokens > self.n_ctx_per_slot:
+            raise ValueError(f"{len(ids)} prompt tokens + {max_new_tokens} new tokens exceed the slot "
+                             f"context of {self.n_ctx_per_slot}")
+        request = _Request(list(ids), max_new_tokens, temperature, top_p, np.random.default_rng(seed),
+                           cancel or threading.Event())
+        with self._wake:
+            if self._stopping:
+                raise RuntimeError("the ONNX slot scheduler is shut down")
+            self._waiting.append(request)
+            self._wake.notify()
+        try:
+            while True:
+                item = request.out.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            request.closed = True  # no-op when it finished; otherwise the loop frees the row
+            with self._wake:
+                self._wake.notify()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel every sequence and stop the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    # --- the decode thread -----------------------------------------------------------------------
+
+    def _finish(self, request: _Request, item=_DONE) -> None:
+        if request.row >= 0:  # keep rows packed: the last active sequence moves into the freed row
+            row, last = request.row, len(self._active) - 1
+            if row != last:
+                self.decoder.move(last, row)
+                self._active[row] = self._active[last]
+                self._active[row].row = row
+            self._active.pop()
+            request.row = -1
+        request.out.put(item)
+
+    def _emit(self, request: _Request, row: np.ndarray) -> None:
+        if request.temperature <= 0:
+            token = int(np.argmax(row))
+        else:
+            token = sample(log_softmax(row), request.temperature, request.rng, request.top_p)
+        request.generated += 1
+        request.out.put(token)
+        if token in self.eos_token_ids or request.generated >= request.max_new_tokens:
+            self._finish(request)
+        else:
+            request.last = token
+
+    def _step(self) -> None:
+        """One run: either one admitted prompt alone, or the next token of every running sequence."""
+        for request in [r for r in self._active if r.stopped()]:
+            self._finish(request)
+        self._prefill_turn = not self._prefill_turn  # alternate, so running streams keep flowing
+        admitted = None
+        with self._wake:
+            for request in [r for r in self._waiting if r.stopped()]:
+                self._waiting.remove(request)
+                request.out.put(_DONE)
+            if self._waiting and len(self._active) < self.n_slots and (self._prefill_turn or not self._active):
+                admitted = self._waiting.popleft()
+        if admitted is not None:
+            admitted.row = len(self._active)
+            self._active.append(admitted)
+            self._emit(admitted, self.decoder.prefill(admitted.row, admitted.prompt))
+        elif self._active:  # every active sequence is decoding (a prefill emits its first token at once)
+            rows = self.decoder.decode([r.last for r in self._active])
+            for request, row in zip(list(self._active), rows, strict=True):
+                self._emit(request, row)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._stopping and not self._waiting and not self._active:
+                        self._wake.wait()
+                    if self._stopping:
+                        for request in [*self._waiting, *self._active]:
+                            request.out.put(_DONE)
+                        self._waiting.clear()
+                        self._active.clear()
+                        return
+                self._step()
+        except Exception as exc:  # a run failure ends every sequence with the error, never silently
+            self.failure = f"{type(exc).__name__}: {exc}"
+            with self._wake:
+                self._stopping = True
+                for request in [*self._waiting, *self._active]:
+                    request.out.put(RuntimeError(f"ONNX slot scheduler stopped: {self.failure}"))
+                self._waiting.clear()
+                self._active.clear()
