@@ -52,7 +52,8 @@ def cache(
     top_k: int = typer.Option(64, "--top-k", "-k", help="Teacher log-probabilities kept per token."),
     student: str = typer.Option("smollm2-135m-instruct", "--student", help="The student whose tokenizer a cross-tokenizer "
                                 "teacher is aligned to (shared-vocabulary tail); 'none' to skip."),
-    split: str = typer.Option("train", "--split", help="Which split of --data to cache."),
+    split: str = typer.Option("train", "--split", help="Which split(s) of --data to cache: train, or train,valid (the "
+                              "trainer then scores a cached teacher on the held-out split from the cache too)."),
     max_length: int = typer.Option(1024, "--max-length", help="Teacher tokens per record (train gives 4 x max_length)."),
     temperatures: str = typer.Option("1,1.5,2,3,4,8", "--temperatures", help="Temperature grid of the tail bucket."),
     shard_size: int = typer.Option(128, "--shard-size", help="Records per shard (the unit of resume)."),

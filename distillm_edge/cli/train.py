@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
             "(';'-separated, e.g. 'even:10;first-last:8,7') of student.model, and exit."),
         ablation: bool = typer.Option(False, "--ablation", help="Run the ablation ladder (baseline KD -> + progressive "
                                       "temperature -> + specialty weighting -> + attention alignment) and the divergences "
-                                      "on --recipe (with the overrides); print the held-out table."),
+                                      "on --recipe (with the overrides) over teacher caches built once (in <out>/cache); "
+                                      "print the held-out table."),
         plan: bool = typer.Option(False, "--plan", help="Print the per-device memory plan and whether it fits; loads no weights."),
         gpus: int = typer.Option(None, "--gpus", help="--plan: GPUs to plan for (0 = CPU; default: the visible ones)."),
         gpu_mem: str = typer.Option(None, "--gpu-mem", help="--plan: memory per GPU, e.g. 24GiB (default: the visible GPU's)."),

@@ -39,23 +39,15 @@ teacher mass outside the top-64 is 1.9 % (SmolLM2) / 5.5 % (Gemma-3, shared voca
 faithful teacher near τ = 1 (the floor of the progressive schedule) and a coarse one at high τ;
 ``benchmarks/train_step.py`` prints the ratio by k and τ.
 
-Integration (the trainer, once issue 9's refactor lands):
+In ``train`` (``training/cached_teachers.py``): ``teachers[i].cache: DIR`` loads no weights for that
+teacher; setup opens the cache (completeness, dataset hash, teacher, student tokenizer, prompt
+masking, the temperature schedule within the grid) and refuses what needs a live teacher; the step
+uses :func:`cached_kd_loss`; held-out teacher perplexity is exact from the cached target
+log-probs (``--split train,valid`` caches the held-out records too) and held-out KL is the top-k +
+tail-bucket KL. ``distillm-edge train --ablation`` builds its caches with ``record_ids`` (only the
+records its runs use).
 
-- config: ``teachers[i].cache: DIR`` (optional); such a teacher loads no weights, and
-  ``encode_records`` needs no view for it (alignment comes from the cached offsets);
-- setup: ``cached = CachedTeacher.open(dir, data_dir=<prepared data>, student_tokenizer=tokenizer,
-  train_on_prompt=cfg.train_on_prompt)`` (checks completeness, dataset hash, the student tokenizer
-  of the shared vocabulary, prompt masking); the temperature schedule must stay within
-  ``cached.temperatures`` (an error names the range otherwise);
-- step (``step.distillation``): ``rows = cached.rows_for(examples)`` (the micro-batch's ``Example``s
-  in batch order; the flat-row order is the same for a padded ``Batch`` and a ``PackedBatch``), then
-  ``cached_kd_loss(logits, rows, temperature=tau, kind=cfg.divergence, beta=..., skew=...,
-  weights=row_w, normalizer=<the step's row count, as for the online term>, vocab_map=None if the
-  teacher shares the tokenizer else cached.vocab_map)`` in place of ``kd_loss`` /
-  ``cross_tokenizer_kd`` (``logits`` = the student's flat rows [1, N, V]); log
-  ``rows.unmatched`` like the online alignment diagnostics.
-
-Test: ``pytest tests/teachers/test_cache.py tests/training/test_logit_cache.py``.
+Test: ``pytest tests/teachers/test_cache.py tests/training/test_logit_cache.py tests/training/test_trainer_cache.py``.
 """
 
 from __future__ import annotations
