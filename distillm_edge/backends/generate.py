@@ -4,10 +4,13 @@ Shared by ``chat`` and ``serve`` (and anything else that shows generated text to
 neither writes its own token-to-text loop. A backend's ``stream`` yields token ids; this module
 turns them into *visible text deltas*:
 
-- **Incremental detokenization.** After each token the whole generated id list is decoded and
-  only the new suffix is emitted. Text that ends in an incomplete UTF-8 sequence (a multi-byte
-  character split across tokens decodes to U+FFFD) is held back until the next token completes
-  it, so a delta never carries a broken character. End-of-sequence tokens are not shown.
+- **Incremental detokenization** (:class:`IncrementalDetokenizer`, the scheme of TGI and vLLM).
+  Each token decodes a short window of the latest ids, never the whole answer (that was O(n^2) in
+  the answer's length), and the window starts one token before the new text, so tokenizers that
+  render a token by its neighbour (SentencePiece's leading space, clean-up of spaces) give the
+  text a one-shot decode gives. Text that ends in an incomplete UTF-8 sequence (a multi-byte
+  character split across tokens decodes to U+FFFD) is held back until a later token completes it,
+  so a delta never carries a broken character. End-of-sequence tokens are not shown.
 - **Stops.** ``finish_reason`` is ``"stop"`` when the model ends its turn (an EOS/end-of-turn
   token) or emits one of ``settings.stop`` (the text is cut before it), ``"length"`` at
   ``max_new_tokens`` and ``"cancelled"`` when the caller sets ``cancel`` (checked between tokens:
@@ -16,7 +19,7 @@ turns them into *visible text deltas*:
   last message) until the prompt plus the room reserved for the answer fits the context window,
   and says how many it dropped so the UI can tell the user.
 
-Test: ``pytest tests/backends/test_generate.py``.
+Test: ``pytest tests/backends/test_generate.py tests/backends/test_generate_detok.py``.
 """
 
 from __future__ import annotations
@@ -73,9 +76,46 @@ class Result:
         return len(self.token_ids)
 
 
-def _cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Index of the earliest stop string in ``text``, or None."""
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+class IncrementalDetokenizer:
+    """The text of a growing list of token ids, decoding a window of a few ids per token.
+
+    ``add(token)`` returns the text the token completed ("" while the tail is an incomplete
+    character); ``flush()`` returns what is still held back, as a one-shot decode renders it (an
+    unfinished character as U+FFFD). The concatenation of everything returned equals
+    ``detokenize(ids)`` for tokenizers whose text is the concatenation of their pieces up to the
+    first piece's own rendering (byte-level BPE, SentencePiece, llama.cpp's detokenizer).
+    """
+
+    def __init__(self, detokenize):
+        self._detokenize = detokenize
+        self.ids: list[int] = []
+        self._start = 0  # the window's first id: one before the text not yet returned
+        self._read = 0  # ids[:_read] are returned as text
+
+    def _window(self) -> tuple[str, str]:
+        """(text of the window's ids already returned, text of the whole window)."""
+        done = self._detokenize(self.ids[self._start:self._read]) if self._read > self._start else ""
+        return done, self._detokenize(self.ids[self._start:])
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        done, text = self._window()
+        if len(text) <= len(done) or text.endswith("\ufffd"):
+            return ""  # an incomplete character (or a piece with no text yet): wait for the next token
+        self._start, self._read = self._read, len(self.ids)
+        return text[len(done):]
+
+    def flush(self) -> str:
+        if self._read == len(self.ids):
+            return ""
+        done, text = self._window()
+        self._start, self._read = self._read, len(self.ids)
+        return text[len(done):]
+
+
+def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
+    """Index of the earliest stop string in ``text`` that ends after ``start``, or None."""
+    found = [i for i in (text.find(s, max(0, start - len(s) + 1)) for s in stops if s) if i >= 0]
     return min(found) if found else None
 
 
@@ -83,17 +123,20 @@ def stream_text(backend, prompt_ids: Sequence[int], settings: GenerationSettings
                 cancel: threading.Event | None = None, result: Result | None = None) -> Iterator[Delta]:
     """Generate from ``prompt_ids`` and yield visible text deltas; fill ``result`` at the end.
 
-    The concatenation of the yielded ``Delta.text`` equals ``result.text``.
+    The concatenation of the yielded ``Delta.text`` equals ``result.text``. Per token the work is
+    bounded by the window and the stop strings' length, not by the answer's length.
     """
     result = result if result is not None else Result()
     result.prompt_tokens = len(prompt_ids)
     started = time.perf_counter()
     eos = backend.eos_token_ids
-    ids: list[int] = []  # generated tokens that count as text (no EOS)
-    shown = ""  # text already yielded
+    detok = IncrementalDetokenizer(backend.detokenize)
+    ids = detok.ids  # generated tokens that count as text (no EOS)
+    text = ""  # the decoded text so far (cut at a stop string once one appears)
+    shown = 0  # text[:shown] is yielded
     pending: list[int] = []  # token ids not yet attributed to a yielded delta
-    longest_stop = max((len(s) for s in settings.stop), default=0)
-    finish = "length"
+    hold = max([len(s) - 1 for s in settings.stop] + [0])  # a tail that could still become a stop string
+    finish, cut = "length", None
     tokens = backend.stream(prompt_ids, settings.max_new_tokens, temperature=settings.temperature,
                             seed=settings.seed, top_p=settings.top_p)
     try:
@@ -103,19 +146,16 @@ def stream_text(backend, prompt_ids: Sequence[int], settings: GenerationSettings
             if token in eos:
                 finish = "stop"
                 break
-            ids.append(int(token))
             pending.append(int(token))
-            text = backend.detokenize(ids)
-            cut = _cut_at_stop(text, settings.stop)
+            piece = detok.add(int(token))
+            text += piece
+            cut = _find_stop(text, settings.stop, len(text) - len(piece)) if piece else None
             if cut is not None:
                 text, finish = text[:cut], "stop"
-            # Hold back an incomplete character, and a tail that could still become a stop string.
-            visible = text.rstrip("\ufffd") if cut is None else text
-            if cut is None and longest_stop > 1:
-                visible = visible[: max(len(shown), len(visible) - (longest_stop - 1))]
-            if visible.startswith(shown) and len(visible) > len(shown):
-                yield Delta(visible[len(shown):], tuple(pending))
-                shown, pending = visible, []
+            end = len(text) if cut is not None else len(text) - hold
+            if end > shown:
+                yield Delta(text[shown:end], tuple(pending))
+                shown, pending = end, []
             if cut is not None:
                 break
             if cancel is not None and cancel.is_set():
@@ -129,14 +169,16 @@ def stream_text(backend, prompt_ids: Sequence[int], settings: GenerationSettings
         if close is not None:
             close()  # stop the backend's generator now (frees its KV state), not at garbage collection
     if finish != "cancelled":
-        final = backend.detokenize(ids) if ids else ""
-        cut = _cut_at_stop(final, settings.stop)
-        final = final[:cut] if cut is not None else final
-        if final.startswith(shown) and len(final) > len(shown):
-            yield Delta(final[len(shown):], tuple(pending))
-            shown = final
-    result.text = shown
-    result.token_ids = ids
+        if finish != "stop" or cut is None:  # the held-back tail: an unfinished character, a stop's prefix
+            piece = detok.flush()
+            text += piece
+            cut = _find_stop(text, settings.stop, len(text) - len(piece))
+            text = text[:cut] if cut is not None else text
+        if len(text) > shown:
+            yield Delta(text[shown:], tuple(pending))
+            shown = len(text)
+    result.text = text[:shown]
+    result.token_ids = list(ids)
     result.finish_reason = finish
     result.total_s = time.perf_counter() - started
 
