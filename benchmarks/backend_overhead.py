@@ -17,6 +17,10 @@ ours / theirs (decode: higher is better; TTFT: theirs / ours, so above 1 means w
 The backends should stay at >= 0.96x of the runtimes. ``--onnx-concat`` adds a row for our ONNX
 backend with its shared past/present KV buffer turned off (the cache grown by concatenation, as
 before the shared buffer), timed against the same Generator in the same run: the before/after.
+``--batch K`` adds rows for K sequences decoded together: our ``onnx_batch.batch_generate`` (what
+``serve`` batches with) against onnxruntime-genai's ``Generator`` with ``batch_size=K``
+(``bench.batch.onnx_batch_generate``), same prompts, EOS ignored; "TTFT" there is the prefill of
+all K prompts and tok/s counts all K sequences.
 
 Run: ``python benchmarks/backend_overhead.py`` (3 repetitions after 1 warm-up, 64 new tokens;
 about 4 min on 2 quiet cores, plus a one-off ONNX export) or
@@ -99,6 +103,33 @@ def compare(name: str, ours_stream, theirs_stream, builder, lengths, repeats: in
     return rows
 
 
+def compare_batch(ours, model, folder: Path, builder, lengths, k: int, repeats: int, new_tokens: int) -> list[dict]:
+    """Batched greedy decoding of ``k`` equal-length prompts: ours vs onnxruntime-genai's, alternating."""
+    from types import SimpleNamespace
+
+    from distillm_edge.backends.onnx_batch import BatchDecoder, batch_generate
+    from distillm_edge.bench.batch import onnx_batch_generate
+
+    genai = SimpleNamespace(path=folder, _og_model=model)
+    rows = []
+    for n in lengths:
+        decoder = BatchDecoder(ours, k, n + new_tokens)
+        runs = {"ours": [], "theirs": []}
+        for rep in range(repeats + 1):
+            for who in ("ours", "theirs"):
+                prompts = [builder.prompt(n, 100 + (2 * rep + (who == "theirs")) * k + i) for i in range(k)]
+                result = (batch_generate(decoder, prompts, new_tokens) if who == "ours"
+                          else onnx_batch_generate(genai, prompts, new_tokens))
+                if rep:
+                    runs[who].append((result["prefill_s"], result["decode_tps"], k * new_tokens))
+        med = {who: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[0][2])
+               for who, rs in runs.items()}
+        rows.append({"backend": f"ONNX Runtime batch {k}", "prompt": n, "ours": med["ours"], "theirs": med["theirs"]})
+        print(f"  ONNX batch {k} @ {n}: ours prefill {1000 * med['ours'][0]:.0f} ms, {med['ours'][1]:.1f} tok/s; "
+              f"theirs prefill {1000 * med['theirs'][0]:.0f} ms, {med['theirs'][1]:.1f} tok/s", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="gguf,onnx")
@@ -108,6 +139,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: physical cores")
     parser.add_argument("--onnx-concat", action="store_true",
                         help="also time our ONNX backend with the KV cache grown by concatenation")
+    parser.add_argument("--batch", type=int, default=0, help="also time K ONNX sequences decoded together")
     args = parser.parse_args()
 
     from distillm_edge.bench.machine import load_average, physical_cores
@@ -148,6 +180,9 @@ def main() -> None:
         print(f"ours: shared past/present KV buffer = {ours.share_buffer}", flush=True)
         rows += compare("ONNX Runtime", ours.stream, lambda ids, n: genai_generate(model, ids, n),
                         PromptBuilder(ours.tokenize), lengths, args.repeats, args.new_tokens)
+        if args.batch:
+            rows += compare_batch(ours, model, folder, PromptBuilder(ours.tokenize), lengths, args.batch,
+                                  args.repeats, args.new_tokens)
         ours.close()
         if args.onnx_concat:
             ours = OnnxBackend(str(folder), threads=threads, share_buffer=False)

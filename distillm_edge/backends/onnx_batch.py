@@ -12,6 +12,9 @@ It needs an export whose cache GroupQueryAttention updates in place (``backend.s
   gives each row its own write position, rotary position and attention span, and
   ``total_sequence_length`` (its width) is the longest. The rows in use are kept packed at the
   front (``move`` copies a row's valid prefix), so a run never computes an idle row.
+- :func:`batch_generate`: greedy decoding of k prompts together, timed (equal work per step, as
+  ``llamacpp_batch.batch_generate``); ``benchmarks/backend_overhead.py --batch 4`` sets it against
+  onnxruntime-genai's batched ``Generator``.
 - :class:`OnnxSlotScheduler`: continuous batching in one background thread, with the
   ``SlotScheduler`` interface ``serve``'s engine uses: ``stream(ids, ...)`` queues a sequence and
   yields its tokens; each step either prefills one admitted prompt or decodes every running
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +130,28 @@ class BatchDecoder:
         for buffer in self.cache:
             buffer[dst, :, :n] = buffer[src, :, :n]
         self.lengths[dst], self.lengths[src] = n, 0
+
+
+def batch_generate(decoder: BatchDecoder, prompts: Sequence[Sequence[int]], new_tokens: int,
+                   clock=time.perf_counter) -> dict:
+    """Greedy-decode exactly ``new_tokens`` for every prompt (EOS ignored: equal work per step): each
+    prompt is prefilled alone into its row, then one run per step decodes all of them."""
+    if not 1 <= len(prompts) <= decoder.n_seq:
+        raise ValueError(f"{len(prompts)} prompts for a decoder with {decoder.n_seq} rows")
+    start = clock()
+    tokens = [[int(np.argmax(decoder.prefill(row, prompt)))] for row, prompt in enumerate(prompts)]
+    first = clock()
+    for _ in range(1, new_tokens):
+        for row, logits in zip(tokens, decoder.decode([t[-1] for t in tokens]), strict=True):
+            row.append(int(np.argmax(logits)))
+    end = clock()
+    k = len(prompts)
+    return {
+        "tokens": tokens,
+        "prefill_s": first - start,
+        "decode_tps": k * (new_tokens - 1) / (end - first) if new_tokens > 1 and end > first else float("nan"),
+        "total_tps": k * new_tokens / (end - start) if end > start else float("nan"),
+    }
 
 
 _DONE = object()

@@ -74,6 +74,16 @@ def test_batched_decode_equals_each_sequence_alone(backend):
     _check_batch(backend, _prompts(backend), 10, atol=1e-5)
 
 
+def test_batch_generate_equals_stream(backend):
+    from distillm_edge.backends.onnx_batch import BatchDecoder, batch_generate
+
+    prompts = _prompts(backend)[:3]
+    result = batch_generate(BatchDecoder(backend, 4, 128), prompts, 6)
+    for prompt, tokens in zip(prompts, result["tokens"], strict=True):
+        assert tokens == _alone(backend, prompt, 6)[0]
+    assert result["decode_tps"] > 0 and result["prefill_s"] > 0
+
+
 def _collect(scheduler, ids, n, results, key, **options):
     results[key] = list(scheduler.stream(ids, n, **options))
 
