@@ -118,22 +118,38 @@ def test_run_with_cached_teachers_trains_scores_from_the_cache_and_loads_no_teac
     assert 0.5 < ev["teachers"][tiny_cross_dir.name]["alignment"]["aligned_share"] <= 1
 
 
-def test_cached_teacher_perplexity_equals_the_online_one(tiny_llama_dir, tiny_wide_dir, tiny_data, tmp_path):
+@pytest.mark.parametrize("pair", ["same", "cross"])
+def test_cached_teacher_held_out_scores_match_the_online_ones(pair, tiny_llama_dir, tiny_wide_dir, peaked_dir, tiny_data,
+                                                               tmp_path):
     from distillm_edge.training.report import evaluate
 
-    cache = cache_of(tiny_wide_dir, tiny_llama_dir, tiny_data, tmp_path / "c", top_k=8)
-    on = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "on", teachers=[{"model": str(tiny_wide_dir)}], eval_examples=4)
-    ca = tiny_config(tiny_llama_dir, tiny_data, tmp_path / "ca", eval_examples=4,
-                     teachers=[{"model": str(tiny_wide_dir), "cache": cache}])
-    scores = []
-    for cfg in (on, ca):
-        r = trainer.setup(cfg)
-        r.log.close()
-        student = r.accelerator.unwrap_model(r.student).eval()
-        scores.append(evaluate({"s": student}, r.teachers, r.valid_examples, pad_id(r.tokenizer)))
-    name = tiny_wide_dir.name
-    assert scores[1][name].perplexity == pytest.approx(scores[0][name].perplexity, rel=1e-4)  # exact target log-probs
-    assert 0 < scores[1]["s"].mean_kl(name) <= scores[0]["s"].mean_kl(name) + 1e-6  # top-8 KL: a lower bound
+    teacher = tiny_wide_dir if pair == "same" else peaked_dir
+    extra = {"eval_examples": 4, "cross_tokenizer": {"min_shared": 500}}
+    scores = {}
+    for k in (8, 1024):
+        cache = cache_of(teacher, tiny_llama_dir, tiny_data, tmp_path / f"c{k}", top_k=k)
+        runs = {"online": tiny_config(tiny_llama_dir, tiny_data, tmp_path / f"on{k}", teachers=[{"model": str(teacher)}],
+                                      **extra),
+                "cached": tiny_config(tiny_llama_dir, tiny_data, tmp_path / f"ca{k}",
+                                      teachers=[{"model": str(teacher), "cache": cache}], **extra)}
+        for name, cfg in runs.items():
+            r = trainer.setup(cfg)
+            r.log.close()
+            student = r.accelerator.unwrap_model(r.student).eval()
+            scores[name, k] = evaluate({"s": student}, r.teachers, r.valid_examples, pad_id(r.tokenizer))
+    t = teacher.name
+    online = scores["online", 8]
+    for k in (8, 1024):
+        cached = scores["cached", k]
+        assert cached[t].perplexity == pytest.approx(online[t].perplexity, rel=1e-4)  # exact: cached target log-probs
+        assert cached["s"].kl_rows[t] == online["s"].kl_rows[t]  # the same rows
+        assert 0 < cached["s"].mean_kl(t) <= online["s"].mean_kl(t) + 1e-6  # top-k + tail KL: a lower bound
+        if pair == "cross":
+            assert cached[t].aligned == online[t].aligned
+            assert cached[t].mass == pytest.approx(online[t].mass, rel=1e-3)  # shared-vocabulary mass, from the cache
+    full = scores["cached", 1024]["s"].mean_kl(t)
+    if pair == "cross":  # 1,024 entries cover the cross teacher's vocabulary: the full KL up to fp16 rounding
+        assert full == pytest.approx(online["s"].mean_kl(t), rel=2e-3)
 
 
 def test_bad_caches_are_refused_at_setup_naming_the_option(tiny_llama_dir, tiny_wide_dir, tiny_data, tmp_path,
