@@ -92,6 +92,7 @@ class TeacherView:
     eval_teacher_rows: torch.Tensor  # [K] flat rows of ``eval_keep`` for the aligned pairs
     target_rows: torch.Tensor  # [M] flat rows of ``eval_keep`` predicting a counted teacher token
     targets: torch.Tensor  # [M] those tokens
+    position_ids: torch.Tensor | None = None  # [1, Tt] packed rows (training/packing.py): restart per example
 
 
 @dataclass
@@ -112,11 +113,24 @@ class Batch:
     difficulties: tuple[int, ...]
     views: dict[int, TeacherView]
     cached: dict = field(default_factory=dict)  # teacher index -> teachers.cache.CachedRows (cached teachers; step.py)
+    position_ids: torch.Tensor | None = None  # [1, T] a packed row (training/packing.py): restart at 0 per example,
+    # and the models get attention_mask=None so transformers builds the block-diagonal causal mask
 
     @property
     def tokens(self) -> int:
         """Counted (target) tokens in this batch."""
         return int(self.targets.numel())
+
+
+def model_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None,
+                 device) -> dict:
+    """Keyword arguments for a Hugging Face causal LM: right-padded rows with their attention mask, or a packed
+    row with position ids restarting per example and no mask (transformers then builds the block-diagonal
+    causal mask; a KV cache would switch that detection off, hence ``use_cache=False``)."""
+    if position_ids is None:
+        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    return {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device), "attention_mask": None,
+            "use_cache": False}
 
 
 def ensure_chat_template(tokenizer) -> None:

@@ -213,6 +213,9 @@ class TrainConfig:
     max_steps: int | None = 45  # optimizer steps; null: run all epochs
     batch_size: int = 1
     grad_accum: int = 8
+    packing: bool = False  # micro-batches are packed rows of consecutive examples up to max_tokens_per_batch tokens
+    # (attention never crosses an example; no padding; batch_size is then unused): training/packing.py
+    max_tokens_per_batch: int = 1024
     lr: float = 5e-4
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio after warmup (1.0 = constant)
     warmup_steps: int = 5
@@ -286,6 +289,17 @@ class TrainConfig:
                                   "sampling) or curriculum_replay: null.")
             if not 0.0 <= self.curriculum_replay < 1.0:
                 raise ConfigError(f"curriculum_replay {self.curriculum_replay}: must be in [0, 1) (e.g. 0.2).")
+        if self.packing:
+            if self.max_tokens_per_batch < self.max_length:
+                raise ConfigError(f"max_tokens_per_batch {self.max_tokens_per_batch}: with packing: true a micro-batch must "
+                                  f"hold at least one example of max_length {self.max_length}; raise it (e.g. "
+                                  f"{4 * self.max_length}) or set packing: false.")
+            if self.batch_size != 1:
+                raise ConfigError(f"batch_size {self.batch_size} with packing: true: a packed micro-batch holds as many "
+                                  "examples as fit in max_tokens_per_batch; set batch_size: 1 (or packing: false).")
+            if self.attention.weight > 0:
+                raise ConfigError("packing: true with attention alignment (attention.weight > 0): attention maps of a "
+                                  "packed row are not compared yet; set packing: false for attention alignment.")
         if self.fake_quant is not None and self.lora is not None:
             raise ConfigError("fake_quant with lora: fake quantization trains the student's own linear weights; "
                               "use one or the other (fake_quant: null, or remove the lora section).")

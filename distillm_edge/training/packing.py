@@ -20,22 +20,16 @@ packed-sequence detection) — :meth:`PackedBatch.model_inputs` returns exactly 
   teacher views of other-tokenizer teachers packed the same way (their own position ids), plus
   the position ids.
 
-Integration (the trainer, once issue 9's refactor lands):
-
-- config: ``packing: bool = false`` and ``max_tokens_per_batch: int`` (the budget of one
-  micro-batch, e.g. 1024; ≥ max_length);
-- setup: ``lengths = [len(e.student.ids) for e in train_examples]``; the plan becomes
-  ``pack_order(order, lengths, max_tokens)`` over the epoch order (``batches.epoch_order``) or the
-  curriculum order (``boundaries=curriculum_order.stages``) instead of ``micro_batches``;
-- step: ``pb = collate_packed(examples, pad_id, teacher_pad_ids)``; the student runs as
-  ``student(**pb.model_inputs(), logits_to_keep=pb.batch.loss_mask, ...)``; a same-tokenizer
-  teacher likewise; an other-tokenizer teacher k as ``model(**pb.teacher_inputs(k),
-  logits_to_keep=view.keep)``; the losses take ``pb.batch`` as they take a ``Batch`` today;
-- ``teachers.teacher_forward`` passes ``attention_mask`` today; it needs a packed path (the
-  inputs above instead of ``input_ids``/``attention_mask``) before online teachers can run packed;
-  cached teachers (``teachers/cache.py``) need nothing: ``rows_for`` works on packed batches;
-- grad accumulation: packs hold different token counts, so micro-batch losses must be
-  weighted by target tokens (issue 9's token normalization), not averaged per micro-batch.
+In the trainer (``packing: true``, ``max_tokens_per_batch``; ``batch_size`` must be 1): setup cuts
+the planned order (shuffled, or curriculum stages, never mixed in one pack; epochs likewise) with
+:func:`packed_plan`; each micro-batch is one packed row, whose ``Batch`` carries ``position_ids``
+(and each other-tokenizer view its own), which ``batches.model_inputs`` turns into the models'
+inputs for the student and the online teachers; cached teachers read rows as for any batch. Losses
+are normalized by the step's counted tokens, so packs of different sizes weigh right. MFU counts
+each packed example as if run alone (``step.sequences``). Attention alignment is refused with
+packing (its maps are not compared on packed rows yet).
+``tests/training/test_trainer_packing.py``: a packed step's gradients and losses equal the same
+examples as separate micro-batches (same- and cross-tokenizer teachers).
 
 Cost on a CPU: torch's CPU attention kernels compute the masked full square of the row, so a
 row of n examples pays ~n x the attention of running them apart; packing wins when padding
@@ -110,6 +104,26 @@ def pack_order(order: Sequence[int], lengths: Sequence[int], max_tokens: int, *,
     return packs
 
 
+def packed_plan(plan: Sequence[Sequence[int]], labels: Sequence[int] | None, lengths: Sequence[int],
+                max_tokens: int) -> tuple[list[list[int]], tuple[int, ...] | None]:
+    """The trainer's micro-batch plan (single examples, in training order) cut into packs.
+
+    ``labels``: one per plan entry (a curriculum stage, or an epoch number); a pack never mixes two.
+    Returns the packs and, when ``labels`` is given, each pack's label.
+    """
+    order = [i for b in plan for i in b]
+    if labels is not None:
+        labels = [lab for b, lab in zip(plan, labels, strict=True) for _ in b]
+    packs = pack_order(order, lengths, max_tokens, boundaries=labels)
+    if labels is None:
+        return packs, None
+    out, pos = [], 0
+    for p in packs:
+        out.append(labels[pos])
+        pos += len(p)
+    return packs, tuple(out)
+
+
 def _positions(lengths: Sequence[int]) -> torch.Tensor:
     return torch.cat([torch.arange(n) for n in lengths]).view(1, -1)
 
@@ -161,7 +175,10 @@ def collate_packed(examples: Sequence[Example], pad_id: int, teacher_pad_ids: Ma
         views=views,
     )
     t_pos = {k: _positions([b.views[k].input_ids.shape[1] for b in singles]) for k in teacher_pad_ids}
-    return PackedBatch(batch, _positions(lengths), tuple(lengths), t_pos)
+    batch.position_ids = _positions(lengths)  # the trainer's models read these (batches.model_inputs)
+    for k, pos in t_pos.items():
+        views[k].position_ids = pos
+    return PackedBatch(batch, batch.position_ids, tuple(lengths), t_pos)
 
 
 def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:

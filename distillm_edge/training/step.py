@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from distillm_edge.training.batches import Batch, collate
+from distillm_edge.training.batches import Batch, collate, model_inputs
 from distillm_edge.training.config import TrainConfig
 from distillm_edge.training.teachers import teacher_forward
 
@@ -102,7 +102,7 @@ def compute_loss(r: Run, batch: Batch, tau: float, counts: dict[str, float] | No
     counts = counts if counts is not None else batch_counts(r, batch)
     low = r.student_autocast  # the frozen Linears' bf16 copies under autocast (precision.AutocastWeights)
     with low.active() if low is not None and autocast_dtype(dev) == low.dtype else contextlib.nullcontext():
-        out = r.student(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+        out = r.student(**model_inputs(batch.input_ids, batch.attention_mask, batch.position_ids, dev),
                         logits_to_keep=batch.loss_mask.to(dev), output_hidden_states=bool(r.hidden_map) or None,
                         output_attentions=bool(r.attention_map) or None)
     vocab = out.logits.shape[-1]
@@ -252,24 +252,34 @@ def step_batches(r: Run, micro: int, world: int, rank: int, pads: dict[int, int]
     """This process's micro-batches of the optimizer step starting at global micro-batch ``micro``
     (with the rows of cached teachers attached: ``cached_teachers.attach_rows``)."""
     from distillm_edge.training.cached_teachers import attach_rows
+    from distillm_edge.training.packing import collate_packed
 
     out = []
     for a in range(r.cfg.grad_accum):
         examples = [r.train_examples[i] for i in r.plan[micro + a * world + rank]]
-        out.append(attach_rows(r.teachers, collate(examples, student_pad, pads), examples))
+        batch = collate_packed(examples, student_pad, pads).batch if r.cfg.packing else collate(examples, student_pad, pads)
+        out.append(attach_rows(r.teachers, batch, examples))
     return out
 
 
+def sequences(attention_mask: torch.Tensor, counted: torch.Tensor, position_ids: torch.Tensor | None) -> list[tuple[int, int]]:
+    """(tokens, counted positions) of each sequence in a batch: one per padded row, or one per example of a
+    packed row (its position ids restart at 0 where an example starts)."""
+    if position_ids is None:
+        return list(zip(attention_mask.sum(dim=1).tolist(), counted.sum(dim=1).tolist(), strict=True))
+    starts = (position_ids[0] == 0).nonzero().view(-1).tolist() + [position_ids.shape[1]]
+    return [(b - a, int(counted[0, a:b].sum())) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
 def step_flops(batches: list[Batch], student_shape, teacher_shapes: dict[int, object], same_tokenizer: dict[int, bool]) -> float:
-    """Model FLOPs of ``batches``: each row's student training FLOPs (padding not counted; the LM head on
-    its counted positions) plus each teacher's forward FLOPs on its own view of the row."""
+    """Model FLOPs of ``batches``: each sequence's student training FLOPs (padding not counted; the LM head on
+    its counted positions; a packed row's examples apart, as if run alone) plus each teacher's forward FLOPs
+    on its own view of the sequence."""
     from distillm_edge.training.mfu import sequence_flops
 
     total = 0.0
     for batch in batches:
-        lengths = batch.attention_mask.sum(dim=1).tolist()
-        heads = batch.loss_mask.sum(dim=1).tolist()
-        for n, h in zip(lengths, heads, strict=True):
+        for n, h in sequences(batch.attention_mask, batch.loss_mask, batch.position_ids):
             total += sequence_flops(student_shape, int(n), head_rows=int(h))
             for index, shape in teacher_shapes.items():
                 if same_tokenizer[index]:
@@ -278,6 +288,6 @@ def step_flops(batches: list[Batch], student_shape, teacher_shapes: dict[int, ob
             view = batch.views.get(index)
             if same_tokenizer[index] or view is None:
                 continue
-            for n, h in zip(view.attention_mask.sum(dim=1).tolist(), view.keep.sum(dim=1).tolist(), strict=True):
+            for n, h in sequences(view.attention_mask, view.keep, view.position_ids):
                 total += sequence_flops(shape, int(n), head_rows=int(h), train=False)
     return total

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from distillm_edge.config import ConfigError
-from distillm_edge.training.batches import Batch
+from distillm_edge.training.batches import Batch, model_inputs
 from distillm_edge.training.config import TrainConfig
 from distillm_edge.training.losses import cross_entropy_loss, kd_loss
 
@@ -272,7 +272,7 @@ def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bo
     model, dev = t.model, t.device
     extra = {"output_hidden_states": hidden or None, "output_attentions": attentions or None}
     if t.same_tokenizer:
-        out = model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+        out = model(**model_inputs(batch.input_ids, batch.attention_mask, batch.position_ids, dev),
                     logits_to_keep=batch.loss_mask.to(dev), **extra)
         logits = out.logits[..., :student_vocab].reshape(1, -1, student_vocab)
         nll = 0.0
@@ -281,10 +281,10 @@ def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bo
         return TeacherOutput(logits, out.hidden_states, out.attentions, nll)
     view = batch.views[t.index]
     keep = view.eval_keep if for_eval else view.keep
-    ids, mask = view.input_ids.to(dev), view.attention_mask.to(dev)
+    inputs = model_inputs(view.input_ids, view.attention_mask, view.position_ids, dev)
     if shared_only and not for_eval and t.shared_head is not None:
         base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        out = base(input_ids=ids, attention_mask=mask, **extra)
+        out = base(**inputs, **extra)
         rows = out.last_hidden_state[keep.to(dev)]
         head = t.shared_head if t.shared_head.dtype != torch.float32 and autocast_dtype(dev) else t.shared_head.to(rows.dtype)
         logits = (rows @ head.T).unsqueeze(0)
@@ -292,7 +292,7 @@ def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bo
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return TeacherOutput(logits, out.hidden_states, out.attentions, 0.0, shared_only=True)
-    out = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep.to(dev), **extra)
+    out = model(**inputs, logits_to_keep=keep.to(dev), **extra)
     logits = out.logits.reshape(1, -1, out.logits.shape[-1])
     nll = 0.0
     if for_eval and view.targets.numel():

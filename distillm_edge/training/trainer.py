@@ -382,6 +382,15 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
                                            f"({100 * d['replay_share']:.0f}% replayed)" for d in describe(order)))
     else:
         plan = micro_batches(train_examples, cfg.batch_size, seed=cfg.seed, curriculum=cfg.curriculum, epochs=cfg.epochs)
+    if cfg.packing:  # each micro-batch becomes one row of consecutive examples (training/packing.py)
+        from distillm_edge.training.packing import packed_plan
+
+        n = len(train_examples)
+        labels = plan_stages if plan_stages is not None else [k // n for k in range(len(plan))]  # stage, or epoch
+        plan, stages = packed_plan(plan, labels, [len(e.student.ids) for e in train_examples], cfg.max_tokens_per_batch)
+        plan_stages = stages if plan_stages is not None else None
+        log.say(f"packing: {sum(map(len, plan)):,} examples in {len(plan):,} rows of <= {cfg.max_tokens_per_batch} tokens "
+                f"({sum(map(len, plan)) / len(plan):.1f} examples per row)")
     total_steps = len(plan) // (cfg.grad_accum * world)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
