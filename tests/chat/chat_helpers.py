@@ -1,5 +1,5 @@
 """Helpers for the chat tests: drive the app with the pilot, read the audit log, and a backend
-wrapper whose stream pauses after its first token until the test releases it.
+wrapper whose stream pauses before or after its first token until the test releases it.
 
 Run: imported by ``tests/chat/test_chat_*.py``.
 """
@@ -13,20 +13,26 @@ from distillm_edge.chat.session import ChatSession, State
 
 
 class GatedBackend:
-    """The real backend, with a stream that pauses after its first token until ``release`` is set."""
+    """The real backend, with a stream that pauses after its first token (or, with
+    ``before_first``, before it: a long prefill) until ``release`` is set."""
 
-    def __init__(self, backend):
+    def __init__(self, backend, before_first: bool = False):
         self._backend = backend
+        self.before_first = before_first
         self.release = threading.Event()
         self.first_token = threading.Event()
+        self.started = threading.Event()
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
     def stream(self, ids, max_new_tokens, **kwargs):
+        self.started.set()
+        if self.before_first:
+            self.release.wait(timeout=60)
         for i, token in enumerate(self._backend.stream(ids, max_new_tokens, **kwargs)):
             yield token
-            if i == 0:
+            if i == 0 and not self.before_first:
                 self.first_token.set()
                 self.release.wait(timeout=60)
 

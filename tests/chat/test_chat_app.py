@@ -12,7 +12,7 @@ import stat
 
 import pytest
 from chat_helpers import GatedBackend, actions, ask, posted_of, wait_for
-from textual.widgets import Input, TextArea
+from textual.widgets import Input, Static, TextArea
 
 from distillm_edge.chat.messages import DraftDelta, GenerationDone, ModelLoaded
 from distillm_edge.chat.screens.ack import AckScreen
@@ -164,6 +164,52 @@ async def test_cancel_mid_stream(make_session, make_app, tiny_backend):
     assert event["draft"] == turn.result.text and event["final_text"] is None
 
 
+async def test_prefill_changes_only_the_status_and_esc_cancels_it(make_session, make_app, tiny_backend):
+    """Until the first token, the UI thread leaves the CPU to the model's prefill: only the status
+    line changes (no draft box yet); Esc still cancels, and the question goes back to the input."""
+    gated = GatedBackend(tiny_backend, before_first=True)
+    session = make_session(backend=gated, max_new_tokens=16)
+    posted = []
+    async with make_app(session).run_test(message_hook=posted.append) as pilot:
+        await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
+        await pilot.press(*QUESTION, "enter")
+        await wait_for(pilot, gated.started.is_set, "the generation to start")
+        await pilot.pause()
+        screen = pilot.app.chat
+        assert session.state is State.GENERATING
+        assert "Generating" in screen.query_one("#status").status
+        assert not screen.query(DraftView) and not screen.query(MessageView)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "Cancelling" in screen.query_one("#status").status
+        gated.release.set()
+        await wait_for(pilot, lambda: session.state is State.IDLE, "the cancellation")
+        await pilot.pause()
+        assert not screen.query(DraftView) and not screen.query(MessageView)
+        assert screen.query_one("#question", Input).value == QUESTION
+        assert not screen.query_one("#question", Input).disabled
+    assert posted_of(posted, GenerationDone)[0].turn.result.finish_reason == "cancelled"
+    assert actions(session) == ["session_start", "cancel"]
+
+
+async def test_first_text_brings_the_draft_box_and_takes_the_keys(make_session, make_app, tiny_backend):
+    """With the first text the question and the draft box appear, and the input gives up the keys."""
+    gated = GatedBackend(tiny_backend)
+    session = make_session(backend=gated, max_new_tokens=16)
+    async with make_app(session).run_test() as pilot:
+        await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
+        await pilot.press(*QUESTION, "enter")
+        await wait_for(pilot, lambda: pilot.app.chat.query(DraftView) and pilot.app.chat.query_one(
+            DraftView).first_shown_at is not None, "the first text on screen")
+        await pilot.pause()
+        screen = pilot.app.chat
+        assert [(v.role, v.content) for v in screen.query(MessageView)] == [("user", QUESTION)]
+        assert screen.query_one("#question", Input).disabled and screen.query_one(DraftView).text
+        assert pilot.app.focused is screen.transcript  # letters are keys now, not text
+        gated.release.set()
+        await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
+
+
 async def test_escape_on_a_finished_draft_cancels_it(make_session, make_app):
     session = make_session()
     async with make_app(session).run_test() as pilot:
@@ -205,6 +251,23 @@ async def test_red_flag_needs_acknowledgment(make_session, make_app):
     assert ack["clinician"] == "Dr Test"
     assert any(h["rule_id"] == "cardiac.chest_pain_radiation" and h["suppressed"] is None for h in ack["red_flags"])
     assert len(session.store.list()) == 1
+
+
+async def test_banner_and_ack_screen_describe_red_flags_alike(make_session, make_app):
+    """One description of a hit: the banner's rule lines and the acknowledgment screen's list are
+    the same text (each rule once: severity, title, rule id, matched words and where, advice)."""
+    session = make_session()
+    question = RED_FLAG_QUESTION + "; crushing chest pain again"  # the same rule matches twice
+    async with make_app(session).run_test() as pilot:
+        await ask(pilot, session, question)
+        banner = pilot.app.chat.query_one(RedFlagBanner)
+        rule_lines = banner.render_text().plain.splitlines()[1:]  # the first line is the decision
+        await pilot.press("a")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, AckScreen)
+        listed = str(pilot.app.screen.query_one("#hits", Static).content)
+        assert listed.splitlines() == rule_lines
+        assert sum("cardiac.chest_pain_radiation" in line for line in rule_lines) == 1
 
 
 async def test_clinician_prompt_when_not_given(make_session, make_app):

@@ -10,13 +10,13 @@ Test: ``pytest tests/chat/test_chat_app.py::test_red_flag_needs_acknowledgment``
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from distillm_edge.chat.widgets.banner import describe_hits
 from distillm_edge.safety.redflags import Hit
 
 CONFIRM_WORD = "ack"
@@ -31,16 +31,9 @@ class AckScreen(ModalScreen[bool]):
         self.hits = hits
 
     def compose(self) -> ComposeResult:
-        text, seen = Text(), set()
-        for hit in self.hits:
-            if hit.rule_id in seen:
-                continue
-            seen.add(hit.rule_id)
-            text.append(f"[{hit.severity.upper()}] {hit.title}", style="bold")
-            text.append(f" ({hit.rule_id}) — “{hit.matched}” in the {hit.source}\n  {hit.advice}\n")
         with Vertical(id="dialog"):
             yield Label("⚠ Red flag: escalation needed", id="title")
-            yield Static(text, id="hits")
+            yield Static(describe_hits(self.hits), id="hits")
             yield Static(f"Type {CONFIRM_WORD} and press Enter to confirm you have considered the escalation. "
                          "The acknowledgment is logged with your name. Esc goes back.")
             yield Input(placeholder=CONFIRM_WORD, id="confirm")

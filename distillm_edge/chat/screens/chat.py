@@ -67,6 +67,7 @@ class ChatScreen(Screen):
         self.session, self.model_label, self.export_dir = session, model_label, export_dir
         self.draft_view: DraftView | None = None
         self.pending: MessageView | None = None  # the question being answered, until a decision
+        self.shown_turn: Turn | None = None  # the turn whose draft state the screen shows
 
     # --- layout ----------------------------------------------------------------------------------
 
@@ -166,8 +167,6 @@ class ChatScreen(Screen):
             self.status.show(str(exc), kind="error")
             return
         self.input.value = ""
-        self.pending = MessageView("user", turn.question)
-        self.transcript.mount(self.pending)
         self._start(turn)
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -178,20 +177,45 @@ class ChatScreen(Screen):
             self.action_help()
 
     def _start(self, turn: Turn) -> None:
-        self.generate(turn)  # first, so the model starts its prefill while the screen updates
-        if self.draft_view is not None:
+        """Start generating at once; until its first text arrives only the status line changes.
+
+        The model's prefill needs every core: laying out new widgets meanwhile (the question, the
+        draft box, the footer's keys, the disabled input) took the UI thread ~60 ms of CPU and
+        delayed the first token by ~15% (``benchmarks/chat_latency.py``). They appear with the
+        first text instead (:meth:`_show_turn`). Esc cancels meanwhile (the input has no Esc key).
+        """
+        self.generate(turn)
+        if self.draft_view is not None:  # regenerate: the discarded draft goes now
             self.draft_view.remove()
-        self.draft_view = DraftView()
-        self.transcript.mount(self.draft_view)
-        self.transcript.scroll_end(animate=False)
-        self.banner.show_hits(turn.question_check.red_flags)
-        self.input.disabled = True
-        self.transcript.focus()
+            self.draft_view = None
         notice = (f"History trimmed: the {turn.dropped} oldest messages are left out to fit the "
                   f"{self.session.n_ctx}-token context." if turn.dropped else "")
         self.status.show("Generating a draft… Esc cancels.", notice=notice, kind="busy")
-        self._show_context()
-        self.refresh_bindings()
+
+    async def _show_turn(self, turn: Turn) -> None:
+        """The first text (or the end) of ``turn`` arrived: show its question and draft box now, and
+        the rest of the screen's change after that frame."""
+        if self.pending is None:  # a regenerated draft keeps its question
+            self.pending = MessageView("user", turn.question)
+            await self.transcript.mount(self.pending)
+        self.draft_view = DraftView(turn)
+        await self.transcript.mount(self.draft_view)
+
+    def on_draft_view_shown(self, message: DraftView.Shown) -> None:
+        self._show_turn_state(message.turn)
+
+    def _show_turn_state(self, turn: Turn) -> None:
+        """The draft's first text is on screen (or the draft is complete): the input gives the keys
+        to the draft, and the banner, context and footer follow (once per turn)."""
+        if turn is not self.session.turn or self.session.state is State.IDLE or self.shown_turn is turn:
+            return
+        self.shown_turn = turn
+        self.input.disabled = True
+        self.transcript.focus()
+        if self.session.state is State.GENERATING:  # else on_generation_done shows the draft's state
+            self.banner.show_hits(turn.question_check.red_flags)
+            self._show_context()
+            self.refresh_bindings()
 
     @work(thread=True, group="generate", exit_on_error=False)
     def generate(self, turn: Turn) -> None:
@@ -214,12 +238,14 @@ class ChatScreen(Screen):
         self.post_message(GenerationDone(turn))
 
     async def on_draft_delta(self, message: DraftDelta) -> None:
-        if message.turn is not self.session.turn or self.draft_view is None:
+        if message.turn is not self.session.turn:
             return
+        if self.draft_view is None:
+            await self._show_turn(message.turn)
         await self.draft_view.append(message.text)
         self.transcript.scroll_end(animate=False)
 
-    def on_generation_done(self, message: GenerationDone) -> None:
+    async def on_generation_done(self, message: GenerationDone) -> None:
         if message.turn is not self.session.turn:
             return
         draft = self.session.complete(message.turn)
@@ -227,6 +253,9 @@ class ChatScreen(Screen):
             self._idle("Cancelled; the partial draft is in the audit log. The question is back in the input.",
                        question=message.turn.question)
             return
+        if self.draft_view is None:  # an empty draft: nothing was streamed
+            await self._show_turn(message.turn)
+        self._show_turn_state(message.turn)
         result = message.turn.result
         self.draft_view.finish(result.finish_reason, result.completion_tokens)
         self.banner.show_hits(draft.assessment.red_flags)

@@ -1,6 +1,7 @@
 """The escalation banner: shown while a question or draft trips an active red flag. Its first line
 says approval needs acknowledgment (so it is never cut off); then each matched rule with its
-severity, the matched words and the advice (the acknowledgment screen lists them all in full).
+severity, the matched words and the advice (:func:`describe_hits`, which the acknowledgment screen
+shows too).
 
 Test: ``pytest tests/chat/test_chat_app.py::test_red_flag_needs_acknowledgment``.
 """
@@ -37,13 +38,19 @@ class RedFlagBanner(Static):
         else:
             text = Text("⚠ RED FLAG · approval blocked until acknowledged: press a, then type ack\n",
                         style="bold")
-        seen = set()
-        for hit in self.hits:
-            if hit.rule_id in seen:
-                continue
-            seen.add(hit.rule_id)
-            text.append(f"{hit.severity.upper()} · {hit.title}", style="bold")
-            text.append(f" · rule {hit.rule_id} · “{hit.matched}” in the {hit.source}\n")
-            text.append(f"{hit.advice}\n")
-        text.rstrip()
-        return text
+        return text.append_text(describe_hits(self.hits))
+
+
+def describe_hits(hits: tuple[Hit, ...]) -> Text:
+    """Each matched rule once: severity, title, rule id, the matched words and where, then its
+    advice. The banner and the acknowledgment screen (``screens/ack.py``) both show this."""
+    text, seen = Text(), set()
+    for hit in hits:
+        if hit.rule_id in seen:
+            continue
+        seen.add(hit.rule_id)
+        text.append(f"{hit.severity.upper()} · {hit.title}", style="bold")
+        text.append(f" · rule {hit.rule_id} · “{hit.matched}” in the {hit.source}\n")
+        text.append(f"{hit.advice}\n")
+    text.rstrip()
+    return text

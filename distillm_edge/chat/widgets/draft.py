@@ -3,7 +3,8 @@
 While generating it says so (Esc cancels); once complete it lists the decision keys. The text is
 never part of the conversation until the clinician approves it. ``first_shown_at`` /
 ``last_shown_at`` record (``time.perf_counter``) when the first and latest text became visible
-(after the screen refreshed), which ``benchmarks/chat_latency.py`` reads.
+(after the screen refreshed), which ``benchmarks/chat_latency.py`` reads; the first time, it posts
+:class:`DraftView.Shown` (the chat screen then updates the rest of the screen).
 
 Test: ``pytest tests/chat/test_chat_app.py``.
 """
@@ -14,6 +15,7 @@ import time
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Label, Markdown
 
 GENERATING = "DRAFT · generating… (Esc cancels)"
@@ -21,6 +23,13 @@ READY = "DRAFT · not approved · awaiting your review"
 
 
 class DraftView(Vertical):
+    class Shown(Message):
+        """The draft of ``turn`` has its first text on screen (or was completed empty)."""
+
+        def __init__(self, turn):
+            super().__init__()
+            self.turn = turn
+
     DEFAULT_CSS = """
     DraftView { height: auto; border: heavy $warning; border-title-color: $warning;
                 border-title-style: bold; padding: 0 0; margin: 0 0 1 0; }
@@ -28,8 +37,9 @@ class DraftView(Vertical):
     DraftView .finish { color: $text-muted; padding: 0 1; }
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, turn=None, **kwargs):
         super().__init__(**kwargs)
+        self.turn = turn  # the chat session's Turn this draft shows
         self.text = ""
         self.first_shown_at: float | None = None
         self.last_shown_at: float | None = None
@@ -55,6 +65,7 @@ class DraftView(Vertical):
         now = time.perf_counter()
         if self.first_shown_at is None and length:
             self.first_shown_at = now
+            self.post_message(self.Shown(self.turn))
         self.last_shown_at, self.shown_chars = now, length
 
     def finish(self, finish_reason: str, tokens: int) -> None:
