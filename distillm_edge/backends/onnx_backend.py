@@ -193,7 +193,7 @@ class OnnxBackend:
 
         One binding for the whole sequence: the cache values are bound once (past input and present
         output the same OrtValue); each step rebinds only ``input_ids``, ``attention_mask`` (and
-        ``position_ids`` if the graph has them) and, after the prompt, a reused [1, 1, V] logits buffer.
+        ``position_ids`` if the graph has them) and, after the prompt, the logits buffer.
         """
         import onnxruntime as ort
 
@@ -203,7 +203,10 @@ class OnnxBackend:
         mask = np.ones((1, capacity), dtype=np.int64)
         binding = self.session.io_binding()
         logits_name = self._out["logits"]
-        binding.bind_output(logits_name, "cpu")  # first: get_outputs() lists outputs in binding order
+        # logits land in numpy buffers bound as outputs: the prompt's [1, T, V] (read without a copy
+        # of all T rows), then one reused [1, 1, V] for every decode step
+        prompt_logits = np.empty((1, len(ids), self.vocab_size), dtype=np.float32)
+        binding.bind_ortvalue_output(logits_name, ort.OrtValue.ortvalue_from_numpy(prompt_logits))
         for layer in range(self.num_layers):
             for i, (past, present) in enumerate((("past_key_names", "present_key_names"),
                                                  ("past_value_names", "present_value_names"))):
@@ -223,7 +226,7 @@ class OnnxBackend:
             if done:
                 row = step_logits[0, -1]
             else:
-                row = binding.get_outputs()[0].numpy()[0, -1]
+                row, prompt_logits = prompt_logits[0, -1].copy(), None  # free the T rows now
                 binding.bind_ortvalue_output(logits_name, ort.OrtValue.ortvalue_from_numpy(step_logits))
             done = total
             step = [(yield row)]
