@@ -16,13 +16,14 @@ Two ways to keep the cache during ``stream``:
 - **shared buffer** (what onnxruntime-genai does for the exports its builder writes): when
   ``genai_config.json`` sets ``search.past_present_share_buffer`` and every ``past_key_values.*``
   input feeds a ``GroupQueryAttention`` node, each sequence gets one zero-filled buffer per cache
-  tensor, ``[1, kv_heads, capacity, head_size]`` with capacity = prompt + ``max_new_tokens`` (at most
-  the context length, like the Generator's ``max_length``), bound through I/O binding as both the
-  ``past`` input and the ``present`` output, so GQA writes each new position in place. The valid
-  length reaches GQA through ``attention_mask`` (``seqlens_k`` = its sum - 1,
-  ``total_sequence_length`` = its width, both computed inside the graph). The buffers come from
-  ``np.zeros`` (calloc): pages never written are never committed, so a large capacity costs address
-  space, not memory.
+  tensor, ``[1, kv_heads, capacity, head_size]``, bound through I/O binding as both the ``past``
+  input and the ``present`` output, so GQA writes each new position in place. The valid length
+  reaches GQA through ``attention_mask`` (``seqlens_k`` = its sum - 1, ``total_sequence_length`` =
+  its width, both computed inside the graph). The Generator allocates its whole ``max_length`` up
+  front; here the capacity starts at prompt + 64 and doubles when full (one copy of the valid
+  prefix), never beyond prompt + ``max_new_tokens`` or the context length: a long
+  ``max_new_tokens`` costs memory only when the answer is long (numpy asks for huge pages for large
+  arrays, so even untouched capacity got committed: +233 MB for one 8k-token SmolLM2 buffer).
 - **concatenation** (any other graph): ``present`` = ``past`` + the new positions, a fresh tensor
   each step (copies the whole cache every token).
 
@@ -187,37 +188,45 @@ class OnnxBackend:
     def token_logprobs(self, ids: Sequence[int], start: int = 1) -> np.ndarray:
         return gather_token_logprobs(self.next_token_logprobs(ids), ids, start)
 
-    def _shared_steps(self, ids: Sequence[int], capacity: int) -> Iterator[np.ndarray]:
+    def _shared_steps(self, ids: Sequence[int], limit: int) -> Iterator[np.ndarray]:
         """Generator protocol for the shared-buffer cache: ``send(token)`` feeds one token and gets the
         next-token logits [V]; the first ``next()`` runs the prompt ``ids``.
 
-        One binding for the whole sequence: the cache values are bound once (past input and present
-        output the same OrtValue); each step rebinds only ``input_ids``, ``attention_mask`` (and
-        ``position_ids`` if the graph has them) and, after the prompt, the logits buffer.
+        The cache holds at most ``limit`` tokens: its capacity starts at ``len(ids) + 64`` and doubles
+        (up to ``limit``) when a step would not fit. One binding for the whole sequence: the cache
+        values are bound once per capacity (past input and present output the same OrtValue); each
+        step rebinds only ``input_ids``, ``attention_mask`` (and ``position_ids`` if the graph has
+        them) and, after the prompt, the logits buffer.
         """
         import onnxruntime as ort
 
-        cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros((1, self.kv_heads, capacity, self.head_size),
-                                                           dtype=self._kv_dtype))
-                 for _ in range(2 * self.num_layers)]
-        mask = np.ones((1, capacity), dtype=np.int64)
         binding = self.session.io_binding()
         logits_name = self._out["logits"]
         # logits land in numpy buffers bound as outputs: the prompt's [1, T, V] (read without a copy
         # of all T rows), then one reused [1, 1, V] for every decode step
         prompt_logits = np.empty((1, len(ids), self.vocab_size), dtype=np.float32)
         binding.bind_ortvalue_output(logits_name, ort.OrtValue.ortvalue_from_numpy(prompt_logits))
-        for layer in range(self.num_layers):
-            for i, (past, present) in enumerate((("past_key_names", "present_key_names"),
-                                                 ("past_value_names", "present_value_names"))):
-                binding.bind_ortvalue_input(self._in[past] % layer, cache[2 * layer + i])
-                binding.bind_ortvalue_output(self._out[present] % layer, cache[2 * layer + i])
         step_logits = np.zeros((1, 1, self.vocab_size), dtype=np.float32)
+        cache, capacity = [], 0
         step, done = list(ids), 0
         while True:
             total = done + len(step)
             if self.context_length and total > self.context_length:
                 raise UserError(f"sequence of {total} tokens exceeds the export's context length {self.context_length}.")
+            if total > capacity:  # first step, or full: a larger buffer holding the valid prefix
+                capacity = min(max(limit, total), max(2 * capacity, len(ids) + 64))
+                grown = [np.zeros((1, self.kv_heads, capacity, self.head_size), dtype=self._kv_dtype)
+                         for _ in range(2 * self.num_layers)]
+                for new, old in zip(grown, cache, strict=False):
+                    new[:, :, :done] = old[:, :, :done]
+                cache = grown
+                for layer in range(self.num_layers):
+                    for i, (past, present) in enumerate((("past_key_names", "present_key_names"),
+                                                         ("past_value_names", "present_value_names"))):
+                        value = ort.OrtValue.ortvalue_from_numpy(cache[2 * layer + i])  # shares the array
+                        binding.bind_ortvalue_input(self._in[past] % layer, value)
+                        binding.bind_ortvalue_output(self._out[present] % layer, value)
+                mask = np.ones((1, capacity), dtype=np.int64)
             binding.bind_cpu_input(self._in["input_ids"], np.asarray([step], dtype=np.int64))
             binding.bind_cpu_input(self._in["attention_mask"], mask[:, :total])
             if "position_ids" in self._input_names:
@@ -237,8 +246,8 @@ class OnnxBackend:
         if max_new_tokens <= 0:
             return
         if self.share_buffer:
-            capacity = min(len(ids) + max_new_tokens, self.context_length or len(ids) + max_new_tokens)
-            steps = self._shared_steps(ids, capacity)
+            limit = min(len(ids) + max_new_tokens, self.context_length or len(ids) + max_new_tokens)
+            steps = self._shared_steps(ids, limit)
             logits = next(steps)
             for i in range(max_new_tokens):
                 token = sample(log_softmax(logits), temperature, rng, top_p)

@@ -87,8 +87,23 @@ def test_export_supports_shared_buffers_and_stream_writes_in_place(backend, monk
     ptrs = {ptr for ptr, _ in recorder.presents}
     shapes = {shape for _, shape in recorder.presents}
     assert len(recorder.presents) == len(tokens)  # prompt + one run per fed-back token
-    # one buffer for the whole sequence, sized prompt + max_new_tokens, never reallocated
+    # one buffer for the whole sequence, sized prompt + max_new_tokens (< prompt + 64), never reallocated
     assert len(ptrs) == 1 and shapes == {(1, backend.kv_heads, len(ids) + 6, backend.head_size)}
+
+
+def test_capacity_doubles_with_the_same_tokens_and_logits(backend, monkeypatch):
+    """A long answer outgrows the first capacity (prompt + 64): the buffers are replaced once by
+    larger ones holding the same prefix, and decoding goes on exactly as with concatenation."""
+    ids = backend.chat_ids(CHAT)
+    recorder = _RecordingSession(backend.session)
+    monkeypatch.setattr(backend, "session", recorder)
+    shared_tokens, shared_rows = _step_logits(backend, ids, 100)
+    assert [shape[2] for _, shape in recorder.presents] == [len(ids) + 64] * 65 + [len(ids) + 100] * 35
+    assert len({ptr for ptr, _ in recorder.presents}) == 2
+    monkeypatch.setattr(backend, "share_buffer", False)
+    concat_tokens, concat_rows = _step_logits(backend, ids, 100)
+    assert shared_tokens == concat_tokens
+    np.testing.assert_allclose(np.stack(shared_rows), np.stack(concat_rows), atol=1e-5)
 
 
 def test_concatenation_path_reallocates(backend, monkeypatch):
