@@ -10,6 +10,7 @@ Test: ``pytest tests/chat/test_chat_app.py``.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from distillm_edge.chat.widgets.message import MessageView
 from distillm_edge.chat.widgets.status import StatusLine
 
 REFRESH_S = 1 / 10  # at most 10 screen updates a second while streaming
+FIRST_SHOWN_WAIT_S = 0.25  # decoding pauses (at most this long) until the first text is on screen
 DRAFT_KEYS = ("approve", "edit", "reject", "regenerate")
 IDLE_ONLY = ("new", "conversations", "export", "settings")
 
@@ -68,6 +70,7 @@ class ChatScreen(Screen):
         self.draft_view: DraftView | None = None
         self.pending: MessageView | None = None  # the question being answered, until a decision
         self.shown_turn: Turn | None = None  # the turn whose draft state the screen shows
+        self.first_shown = threading.Event()  # set when the current turn's first text is on screen
 
     # --- layout ----------------------------------------------------------------------------------
 
@@ -184,7 +187,8 @@ class ChatScreen(Screen):
         delayed the first token by ~15% (``benchmarks/chat_latency.py``). They appear with the
         first text instead (:meth:`_show_turn`). Esc cancels meanwhile (the input has no Esc key).
         """
-        self.generate(turn)
+        self.first_shown = threading.Event()
+        self.generate(turn, self.first_shown)
         if self.draft_view is not None:  # regenerate: the discarded draft goes now
             self.draft_view.remove()
             self.draft_view = None
@@ -202,6 +206,8 @@ class ChatScreen(Screen):
         await self.transcript.mount(self.draft_view)
 
     def on_draft_view_shown(self, message: DraftView.Shown) -> None:
+        if message.turn is self.session.turn:
+            self.first_shown.set()
         self._show_turn_state(message.turn)
 
     def _show_turn_state(self, turn: Turn) -> None:
@@ -218,10 +224,11 @@ class ChatScreen(Screen):
             self.refresh_bindings()
 
     @work(thread=True, group="generate", exit_on_error=False)
-    def generate(self, turn: Turn) -> None:
-        """Stream the draft. The first text is posted at once; later text at most every
-        ``REFRESH_S`` (pieces that arrive sooner are joined), so rendering never takes the CPU
-        the model needs, however fast it decodes."""
+    def generate(self, turn: Turn, first_shown: threading.Event) -> None:
+        """Stream the draft. The first text is posted at once, and decoding waits (up to
+        ``FIRST_SHOWN_WAIT_S``) until the screen shows it: laying out the draft box then has the
+        cores to itself. Later text is posted at most every ``REFRESH_S`` (pieces that arrive
+        sooner are joined), so rendering never takes the CPU the model needs."""
         pending, last_post = "", 0.0
         try:
             for delta in self.session.stream(turn):
@@ -229,6 +236,8 @@ class ChatScreen(Screen):
                 now = time.perf_counter()
                 if now - last_post >= REFRESH_S:
                     self.post_message(DraftDelta(turn, pending))
+                    if not last_post:
+                        first_shown.wait(FIRST_SHOWN_WAIT_S)
                     pending, last_post = "", now
         except Exception as exc:  # shown on screen; the session drops the turn
             self.post_message(GenerationFailed(turn, f"{type(exc).__name__}: {exc}"))

@@ -12,7 +12,9 @@ Test: ``pytest tests/chat/test_chat_app.py``.
 from __future__ import annotations
 
 import time
+from functools import cache
 
+from markdown_it import MarkdownIt
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
@@ -20,6 +22,12 @@ from textual.widgets import Label, Markdown
 
 GENERATING = "DRAFT · generating… (Esc cancels)"
 READY = "DRAFT · not approved · awaiting your review"
+
+
+@cache
+def markdown_parser() -> MarkdownIt:
+    """One parser for every streamed piece: Textual's default builds a new one (~1 ms) per append."""
+    return MarkdownIt("gfm-like")  # Textual's default configuration
 
 
 class DraftView(Vertical):
@@ -47,7 +55,7 @@ class DraftView(Vertical):
         self.border_title = GENERATING
 
     def compose(self) -> ComposeResult:
-        yield Markdown("", id="draft-body")
+        yield Markdown("", id="draft-body", parser_factory=markdown_parser)
         yield Label("", classes="finish")
 
     @property
