@@ -20,11 +20,11 @@ how far the trainer's 4-bit grid is from the GGUF's weights, per llama.cpp type 
 The trainers' own end-of-run evaluations are turned off (this script scores everything itself).
 Runs and exports are kept under ``--out`` and reused by a rerun.
 
-What the scheme check showed (max_steps 20, 2025-11-30): the fake-quant grid (4-bit, groups of 32,
+What the scheme check showed (max_steps 20, 2026-11-30): the fake-quant grid (4-bit, groups of 32,
 asymmetric with an integer zero point) is the family of ONNX int4 (ORT k-quant: groups of 32, uint8
 zero point), and there it helped (quantization cost 1.20x -> 1.07x held-out). The GGUF "Q4_K_M" of a
 576-wide SmolLM2 student is mostly not 4-bit: llama.cpp's k-quants need rows that are a multiple of
-256, so 83 of 137 tensors fall back to Q5_0 (5-bit, symmetric) and only 8 are Q4_K. And the
+256, so 83 of the 106 quantized tensors fall back to Q5_0 (5-bit, symmetric) and only 8 are Q4_K. And the
 embedded SmolLM2 is itself dequantized from a Q4_1 GGUF, so the student's weights start on a 4-bit
 float-minimum grid that Q4_K finds again (|Q4_K - w| = 2% of |w| vs 8.8% for the trainer's grid):
 the GGUF export is cheap already (x1.03 on medalpaca) and training for another grid did not help it.
