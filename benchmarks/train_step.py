@@ -16,10 +16,15 @@ runs in):
 - ``cache``: builds top-k logit caches of both teachers for the timed records
   (``teachers/cache.py``; bytes/row and build time reported), then the two-teacher step online
   (teachers run) vs cached (``CachedTeacher.rows_for`` + ``cached_kd_loss``), and the KD losses
-  of both paths at tau 1 and 8 (the cache's approximation gap on the real teachers).
+  of both paths at tau 1 and 8 (the cache's approximation gap on the real teachers);
+- ``epoch``: the trainer end to end (``trainer.setup`` of the ``tiny-cpu`` recipe, ``step.accumulate`` + clip +
+  AdamW, ``--epoch-steps`` optimizer steps of its real plan) with both teachers online vs both read from caches
+  (``teachers[i].cache``, built first over exactly the records those steps use, as ``train --ablation`` does);
+  the two runs side by side, interleaved, medians; cache bytes per row and per teacher token, build time, and
+  after how many epochs the build has paid for itself.
 
-Run: ``python benchmarks/train_step.py [--sections precision,packing,cache] [--repeats 3] [--batches 2]
-[--batch-size 2] [--pack-size 4] [--top-k 64] [--threads 0]``.
+Run: ``python benchmarks/train_step.py [--sections precision,packing,cache,epoch] [--repeats 3] [--batches 2]
+[--batch-size 2] [--pack-size 4] [--top-k 64] [--epoch-steps 2] [--threads 0]``.
 """
 
 from __future__ import annotations
@@ -218,13 +223,14 @@ def section_trainer(args, peaks) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="trainer,precision,packing,cache")
+    parser.add_argument("--sections", default="trainer,precision,packing,cache,epoch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, default=2, help="micro-batches timed per variant and repeat")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--pack-size", type=int, default=4, help="examples per micro-batch in the packing section")
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--epoch-steps", type=int, default=2, help="optimizer steps per timed run in the epoch section")
     args = parser.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
 
@@ -246,6 +252,76 @@ def main() -> None:
         mine(args, sections, peaks)
     if "trainer" in sections:
         section_trainer(args, peaks)
+    if "epoch" in sections:
+        section_epoch(args)
+
+
+def section_epoch(args) -> None:
+    """``--epoch-steps`` trainer steps with both teachers online vs both cached (see the module docstring)."""
+    import dataclasses
+
+    import torch
+
+    from distillm_edge.teachers.cache import CacheConfig
+    from distillm_edge.teachers.cache import run as build_cache
+    from distillm_edge.training import trainer
+    from distillm_edge.training.ablation import used_records
+    from distillm_edge.training.config import resolve_config
+    from distillm_edge.training.step import accumulate, step_batches, temperature
+    from distillm_edge.training.teachers import pad_id
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = resolve_config("tiny-cpu", overrides={
+            "out": f"{tmp}/online", "eval_examples": 0, "real_eval": None, "progress": False, "tensorboard": False,
+            "threads": args.threads, "max_steps": args.epoch_steps, "save_every": 0})
+        from distillm_edge.training.precision import mixed_precision
+
+        data, ids, _ = used_records(cfg)
+        dtype = "bfloat16" if mixed_precision(cfg) == "bf16" else "float32"  # as the online teachers run (autocast)
+        teachers, built = [], []
+        for i, tc in enumerate(cfg.teachers):
+            start = time.perf_counter()
+            m = build_cache(CacheConfig(teacher=tc.model, data=str(data), out=f"{tmp}/cache{i}", top_k=args.top_k,
+                                        student=cfg.student.model, split="train", max_length=4 * cfg.max_length,
+                                        record_ids=tuple(ids), threads=args.threads, dtype=dtype, progress=False))
+            built.append((tc.model, m, time.perf_counter() - start))
+            teachers.append(dataclasses.replace(tc, cache=f"{tmp}/cache{i}"))
+        cached_cfg = dataclasses.replace(cfg, teachers=tuple(teachers), out=f"{tmp}/cached")
+        runs = {"online": trainer.setup(cfg), "cached": trainer.setup(cached_cfg)}
+        for r in runs.values():
+            r.log.close()
+            r.student.train()
+
+        def steps(r):
+            def go():
+                pads = {t.index: t.pad_id for t in r.teachers if not t.same_tokenizer}
+                for k in range(r.total_steps):
+                    batches = step_batches(r, k * r.cfg.grad_accum, 1, 0, pads, pad_id(r.tokenizer))
+                    accumulate(r, batches, temperature(r.cfg, k, r.total_steps))
+                    torch.nn.utils.clip_grad_norm_(r.optimizer.param_groups[0]["params"], r.cfg.max_grad_norm)
+                    r.optimizer.step()
+                    r.optimizer.zero_grad(set_to_none=True)
+            return go
+
+        secs = timed({name: steps(r) for name, r in runs.items()}, args.repeats)
+        r = runs["online"]
+        used = [r.train_examples[i] for b in r.plan[: r.total_steps * r.cfg.grad_accum] for i in b]
+        tokens = sum(len(e.student.ids) for e in used)
+    print(f"\n## epoch: {r.total_steps} trainer steps of tiny-cpu ({len(used)} records, {tokens} student tokens, "
+          f"precision {r.accelerator.mixed_precision}), both teachers online vs both cached (top-{args.top_k}, built "
+          f"from {dtype} weights)")
+    total_build = 0.0
+    for spec, m, s in built:
+        total_build += s
+        print(f"cache {spec:<24} {m['records']:>4} records {m['rows']:>7,} rows  {m['bytes_per_row']:>6.0f} B/row "
+              f"{m['bytes'] / max(1, m['tokens']):>6.0f} B/teacher token  (x{m['compression']:.2f} zstd)  built in {s:.0f} s")
+    print(f"{'variant':<24} {'median s':>9} {'tokens/s':>9} {'speed-up':>9}")
+    for name in ("online", "cached"):
+        print(f"{name:<24} {secs[name]:>9.1f} {tokens / secs[name]:>9.1f} {secs['online'] / secs[name]:>8.2f}x")
+    saved = secs["online"] - secs["cached"]
+    if saved > 0:
+        print(f"cache build {total_build:.0f} s = {total_build / saved:.2f} epochs' saving: a cached run pays for its "
+              "caches from the epoch after that (the research's six epochs re-run the teachers six times online)")
 
 
 def mine(args, sections, peaks) -> None:

@@ -29,7 +29,10 @@ cached KD / online KD at τ = 1, 2, 4, 8 is 0.975 / 0.64 / 0.11 / 0.03 for SmolL
 0.15). So even top-1024 gives the high-τ start of the progressive schedule a much weaker KD signal
 than the online teacher: that rung, cached, understates what progressive temperature does online.
 The teacher mass outside the top-k at τ = 1, 2 and 8 is printed under the table, next to the
-numbers. ``cached=False`` runs every teacher online.
+numbers. ``cached=False`` runs every teacher online. When the runs train under bf16 autocast (``precision:
+auto`` on a CPU with native bf16), the teachers are cached from bf16 weights: what the online
+teachers compute under autocast up to rounding, and 3x faster to build than fp32 (Gemma-3, 8
+records: 39 s vs 114 s).
 Held-out KL of a cached teacher is the top-k + tail-bucket KL (a lower bound of the full KL, equal
 within a few % at τ = 1); teacher perplexity is exact (cached target log-probs).
 
@@ -107,9 +110,11 @@ def build_caches(cfg: TrainConfig, root: Path, top_k: int) -> dict[int, dict]:
     """Each teacher's cache over the records the variants use (built once; reused on a rerun): index -> manifest."""
     from distillm_edge.teachers.cache import CacheConfig
     from distillm_edge.teachers.cache import run as build
+    from distillm_edge.training.precision import mixed_precision
     from distillm_edge.training.teachers import display_name
 
     data, train_ids, valid_ids = used_records(cfg)
+    bf16 = mixed_precision(cfg) == "bf16"  # the runs' teachers would run under bf16 autocast: cache them in bf16 (3x faster)
     out = {}
     for i, tc in enumerate(cfg.teachers):
         folder = root / "cache" / f"{i}-{display_name(tc.model)}"
@@ -117,7 +122,8 @@ def build_caches(cfg: TrainConfig, root: Path, top_k: int) -> dict[int, dict]:
               f"-> {folder}", flush=True)
         manifest = build(CacheConfig(
             teacher=tc.model, data=str(data), out=str(folder), top_k=top_k, student=cfg.student.model,
-            split="train,valid", max_length=4 * cfg.max_length, train_on_prompt=cfg.train_on_prompt, dtype=tc.dtype,
+            split="train,valid", max_length=4 * cfg.max_length, train_on_prompt=cfg.train_on_prompt,
+            dtype="bfloat16" if bf16 and tc.dtype == "float32" else tc.dtype,
             threads=cfg.threads, record_ids=tuple(train_ids + valid_ids), progress=cfg.progress))
         out[i] = manifest | {"path": str(folder)}
     return out
