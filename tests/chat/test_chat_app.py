@@ -192,8 +192,9 @@ async def test_prefill_changes_only_the_status_and_esc_cancels_it(make_session, 
     assert actions(session) == ["session_start", "cancel"]
 
 
-async def test_first_text_brings_the_draft_box_and_takes_the_keys(make_session, make_app, tiny_backend):
-    """With the first text the question and the draft box appear, and the input gives up the keys."""
+async def test_first_text_brings_the_draft_box_and_the_draft_takes_the_keys(make_session, make_app, tiny_backend):
+    """The first text brings the question and the draft box; the complete draft takes the keys from
+    the input (a/e/r/g decide on it)."""
     gated = GatedBackend(tiny_backend)
     session = make_session(backend=gated, max_new_tokens=16)
     async with make_app(session).run_test() as pilot:
@@ -203,11 +204,14 @@ async def test_first_text_brings_the_draft_box_and_takes_the_keys(make_session, 
             DraftView).first_shown_at is not None, "the first text on screen")
         await pilot.pause()
         screen = pilot.app.chat
+        assert session.state is State.GENERATING and screen.first_shown.is_set()
         assert [(v.role, v.content) for v in screen.query(MessageView)] == [("user", QUESTION)]
-        assert screen.query_one("#question", Input).disabled and screen.query_one(DraftView).text
-        assert pilot.app.focused is screen.transcript  # letters are keys now, not text
+        assert screen.query_one(DraftView).text
         gated.release.set()
         await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
+        await pilot.pause()
+        assert screen.query_one("#question", Input).disabled
+        assert pilot.app.focused is screen.transcript  # letters are decision keys now, not text
 
 
 async def test_escape_on_a_finished_draft_cancels_it(make_session, make_app):

@@ -69,7 +69,6 @@ class ChatScreen(Screen):
         self.session, self.model_label, self.export_dir = session, model_label, export_dir
         self.draft_view: DraftView | None = None
         self.pending: MessageView | None = None  # the question being answered, until a decision
-        self.shown_turn: Turn | None = None  # the turn whose draft state the screen shows
         self.first_shown = threading.Event()  # set when the current turn's first text is on screen
 
     # --- layout ----------------------------------------------------------------------------------
@@ -180,12 +179,14 @@ class ChatScreen(Screen):
             self.action_help()
 
     def _start(self, turn: Turn) -> None:
-        """Start generating at once; until its first text arrives only the status line changes.
+        """Start generating at once; while the answer streams the screen changes little.
 
-        The model's prefill needs every core: laying out new widgets meanwhile (the question, the
-        draft box, the footer's keys, the disabled input) took the UI thread ~60 ms of CPU and
-        delayed the first token by ~15% (``benchmarks/chat_latency.py``). They appear with the
-        first text instead (:meth:`_show_turn`). Esc cancels meanwhile (the input has no Esc key).
+        The model's prefill needs every core: laying out the question, the draft box, the footer's
+        keys and the disabled input meanwhile took the UI thread ~60 ms of CPU and delayed the
+        first token by ~15% (``benchmarks/chat_latency.py``). So until the first text only the
+        status line changes; the first text brings the question and the draft box (and the
+        question's red-flag banner); the input and footer give the keys to the draft when it is
+        complete (:meth:`on_generation_done`). Esc cancels throughout (the input has no Esc key).
         """
         self.first_shown = threading.Event()
         self.generate(turn, self.first_shown)
@@ -197,8 +198,7 @@ class ChatScreen(Screen):
         self.status.show("Generating a draft… Esc cancels.", notice=notice, kind="busy")
 
     async def _show_turn(self, turn: Turn) -> None:
-        """The first text (or the end) of ``turn`` arrived: show its question and draft box now, and
-        the rest of the screen's change after that frame."""
+        """The first text (or the end) of ``turn`` arrived: show its question and draft box."""
         if self.pending is None:  # a regenerated draft keeps its question
             self.pending = MessageView("user", turn.question)
             await self.transcript.mount(self.pending)
@@ -206,22 +206,12 @@ class ChatScreen(Screen):
         await self.transcript.mount(self.draft_view)
 
     def on_draft_view_shown(self, message: DraftView.Shown) -> None:
-        if message.turn is self.session.turn:
-            self.first_shown.set()
-        self._show_turn_state(message.turn)
-
-    def _show_turn_state(self, turn: Turn) -> None:
-        """The draft's first text is on screen (or the draft is complete): the input gives the keys
-        to the draft, and the banner, context and footer follow (once per turn)."""
-        if turn is not self.session.turn or self.session.state is State.IDLE or self.shown_turn is turn:
+        """The first text is on screen: decoding goes on, and a red flag in the question shows now."""
+        if message.turn is not self.session.turn:
             return
-        self.shown_turn = turn
-        self.input.disabled = True
-        self.transcript.focus()
-        if self.session.state is State.GENERATING:  # else on_generation_done shows the draft's state
-            self.banner.show_hits(turn.question_check.red_flags)
-            self._show_context()
-            self.refresh_bindings()
+        self.first_shown.set()
+        if message.turn.question_check.red_flags and self.session.state is State.GENERATING:
+            self.banner.show_hits(message.turn.question_check.red_flags)
 
     @work(thread=True, group="generate", exit_on_error=False)
     def generate(self, turn: Turn, first_shown: threading.Event) -> None:
@@ -264,7 +254,8 @@ class ChatScreen(Screen):
             return
         if self.draft_view is None:  # an empty draft: nothing was streamed
             await self._show_turn(message.turn)
-        self._show_turn_state(message.turn)
+        self.input.disabled = True  # the keys now decide on the draft
+        self.transcript.focus()
         result = message.turn.result
         self.draft_view.finish(result.finish_reason, result.completion_tokens)
         self.banner.show_hits(draft.assessment.red_flags)
@@ -350,6 +341,7 @@ class ChatScreen(Screen):
     def action_cancel(self) -> None:
         if self.session.state is State.GENERATING:
             self.session.cancel()
+            self.first_shown.set()  # a worker waiting for the first text to show stops at once
             self.status.show("Cancelling…", kind="busy")
             return
         question = self.session.cancel()

@@ -4,7 +4,7 @@ While generating it says so (Esc cancels); once complete it lists the decision k
 never part of the conversation until the clinician approves it. ``first_shown_at`` /
 ``last_shown_at`` record (``time.perf_counter``) when the first and latest text became visible
 (after the screen refreshed), which ``benchmarks/chat_latency.py`` reads; the first time, it posts
-:class:`DraftView.Shown` (the chat screen then updates the rest of the screen).
+:class:`DraftView.Shown` (the chat screen's worker waits for it before decoding on).
 
 Test: ``pytest tests/chat/test_chat_app.py``.
 """
@@ -32,7 +32,7 @@ def markdown_parser() -> MarkdownIt:
 
 class DraftView(Vertical):
     class Shown(Message):
-        """The draft of ``turn`` has its first text on screen (or was completed empty)."""
+        """The draft of ``turn`` has its first text on screen."""
 
         def __init__(self, turn):
             super().__init__()
