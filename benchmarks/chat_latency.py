@@ -10,7 +10,9 @@ both paths produce the same tokens), each repeat measures:
   pressed → the first draft text is on screen (``DraftView.first_shown_at``: after the screen
   refreshed with it); rate = (tokens − 1) / (last text on screen − first text on screen). This
   includes everything the chat does: context fit, red-flag check, worker start, detokenization,
-  message passing, Markdown rendering.
+  message passing, Markdown rendering. The worker's rate includes its one pause after the first
+  token (decoding waits until the screen shows it). Also printed: the UI thread's CPU time from
+  Enter to the first visible token, which does not depend on other load on the machine.
 
 llama.cpp keeps the KV cache of its last sequence and reuses a common prefix, so before every
 measured run (both paths) an unrelated text is scored to flush it: each run prefills the whole
@@ -66,7 +68,7 @@ async def app_run(pilot, session: ChatSession) -> dict:
     screen.input.value = ""  # Esc on the last draft put its question back
     await pilot.press(*QUESTION)
     flush(session.backend)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.thread_time()  # the app runs in this thread
     await pilot.press("enter")
     while session.state is not State.DRAFT:
         await asyncio.sleep(0.05)  # the timestamps come from the app; polling slowly leaves it the CPU
@@ -76,7 +78,7 @@ async def app_run(pilot, session: ChatSession) -> dict:
     tokens = worker.completion_tokens
     result = {"ttft": view.first_shown_at - started, "tokens": tokens,
               "rate": (tokens - 1) / (view.last_shown_at - view.first_shown_at) if tokens > 1 else float("nan"),
-              "worker_ttft": worker.ttft_s,
+              "worker_ttft": worker.ttft_s, "ui_cpu": view.first_shown_cpu - started_cpu,
               "worker_rate": (tokens - 1) / (worker.total_s - worker.ttft_s) if tokens > 1 else float("nan")}
     await pilot.press("escape")  # cancel the draft: the next repeat sends the same prompt again
     while session.state is not State.IDLE:
@@ -129,6 +131,8 @@ async def main(args) -> None:
     print(f"chat overhead to the first visible token: median {overhead * 1000:.1f} ms per run = "
           f"{overhead / ttft_w:.1%} of the backend's TTFT in the same runs (target <= 10%); "
           f"screen/backend medians {ttft_a / ttft_b - 1:+.1%}")
+    print(f"UI thread's CPU time from Enter to the first visible token: median "
+          f"{statistics.median(r['ui_cpu'] for r in rows['app']) * 1000:.1f} ms (the model's prefill shares the cores with it)")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 

@@ -3,7 +3,8 @@
 While generating it says so (Esc cancels); once complete it lists the decision keys. The text is
 never part of the conversation until the clinician approves it. ``first_shown_at`` /
 ``last_shown_at`` record (``time.perf_counter``) when the first and latest text became visible
-(after the screen refreshed), which ``benchmarks/chat_latency.py`` reads; the first time, it posts
+(after the screen refreshed), and ``first_shown_cpu`` the UI thread's CPU time then, which
+``benchmarks/chat_latency.py`` reads; the first time, it posts
 :class:`DraftView.Shown` (the chat screen's worker waits for it before decoding on).
 
 Test: ``pytest tests/chat/test_chat_app.py``.
@@ -50,6 +51,7 @@ class DraftView(Vertical):
         self.turn = turn  # the chat session's Turn this draft shows
         self.text = ""
         self.first_shown_at: float | None = None
+        self.first_shown_cpu: float | None = None  # time.thread_time() of the UI thread then
         self.last_shown_at: float | None = None
         self.shown_chars = 0
         self.border_title = GENERATING
@@ -72,7 +74,7 @@ class DraftView(Vertical):
     def _shown(self, length: int) -> None:
         now = time.perf_counter()
         if self.first_shown_at is None and length:
-            self.first_shown_at = now
+            self.first_shown_at, self.first_shown_cpu = now, time.thread_time()
             self.post_message(self.Shown(self.turn))
         self.last_shown_at, self.shown_chars = now, length
 
