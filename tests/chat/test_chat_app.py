@@ -214,6 +214,28 @@ async def test_first_text_brings_the_draft_box_and_the_draft_takes_the_keys(make
         assert pilot.app.focused is screen.transcript  # letters are decision keys now, not text
 
 
+async def test_an_empty_draft_still_gets_its_box_and_keys(make_session, make_app, tiny_backend):
+    """A model that ends its turn at once streams no text: the draft box comes with the end."""
+
+    class EndsAtOnce:
+        def __getattr__(self, name):
+            return getattr(tiny_backend, name)
+
+        def stream(self, ids, max_new_tokens, **kwargs):
+            yield min(tiny_backend.eos_token_ids)
+
+    session = make_session(backend=EndsAtOnce())
+    posted = []
+    async with make_app(session).run_test(message_hook=posted.append) as pilot:
+        await ask(pilot, session, QUESTION)
+        screen = pilot.app.chat
+        assert not posted_of(posted, DraftDelta) and session.draft.text == ""
+        assert screen.query_one(DraftView).text == "" and screen.query_one("#question", Input).disabled
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, PromptScreen)
+
+
 async def test_escape_on_a_finished_draft_cancels_it(make_session, make_app):
     session = make_session()
     async with make_app(session).run_test() as pilot:

@@ -252,10 +252,12 @@ class ChatScreen(Screen):
             self._idle("Cancelled; the partial draft is in the audit log. The question is back in the input.",
                        question=message.turn.question)
             return
+        self.input.disabled = True  # the keys now decide on the draft (before any await: a key may follow)
+        self.transcript.focus()
         if self.draft_view is None:  # an empty draft: nothing was streamed
             await self._show_turn(message.turn)
-        self.input.disabled = True  # the keys now decide on the draft
-        self.transcript.focus()
+            if self.session.draft is not draft:  # a key decided on it meanwhile
+                return
         result = message.turn.result
         self.draft_view.finish(result.finish_reason, result.completion_tokens)
         self.banner.show_hits(draft.assessment.red_flags)
