@@ -182,8 +182,9 @@ class ChatScreen(Screen):
         """Start generating at once; while the answer streams the screen changes little.
 
         The model's prefill needs every core: laying out the question, the draft box, the footer's
-        keys and the disabled input meanwhile took the UI thread ~60 ms of CPU and delayed the
-        first token by ~15% (``benchmarks/chat_latency.py``). So until the first text only the
+        keys and the disabled input meanwhile took the UI thread ~65 ms of CPU, and the model's
+        first token came 17% later in the app than alone (255 vs 218 ms on an idle machine,
+        ``benchmarks/chat_latency.py``). So until the first text only the
         status line changes; the first text brings the question and the draft box (and the
         question's red-flag banner); the input and footer give the keys to the draft when it is
         complete (:meth:`on_generation_done`). Esc cancels throughout (the input has no Esc key).
