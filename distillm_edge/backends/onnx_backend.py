@@ -38,6 +38,9 @@ Public API::
     for token in backend.stream(ids, max_new_tokens=64):
         ...
     backend.info.dtype  # "fp32" | "int8" | "int4" (read from the graph's MatMulNBits nodes)
+    backend.share_buffer  # True: stream's KV cache is updated in place (see above)
+
+Several sequences in one session run: ``backends/onnx_batch.py`` (what ``serve`` uses).
 
 Test: ``pytest tests/backends/test_onnx_backend.py``.
 """
