@@ -210,7 +210,7 @@ class TrainConfig:
     real_eval_examples: int = 100
     # optimization
     epochs: int = 1
-    max_steps: int | None = 45  # optimizer steps; null: run all epochs
+    max_steps: int | None = None  # optimizer steps; null: run all epochs (tiny-cpu sets its CPU budget)
     batch_size: int = 1
     grad_accum: int = 8
     packing: bool = False  # micro-batches are packed rows of consecutive examples up to max_tokens_per_batch tokens

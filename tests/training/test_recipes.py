@@ -35,6 +35,7 @@ def test_research_recipes_keep_the_research_hyperparameters():
         cfg = resolve_config(name)
         assert (cfg.batch_size, cfg.grad_accum, cfg.lr, cfg.max_length, cfg.warmup_steps, cfg.epochs) == (1, 40, 1e-6, 1024, 1000, 6)
         assert (cfg.temperature.initial, cfg.temperature.floor) == (8.0, 1.0)
+        assert cfg.max_steps is None, name  # all six epochs, not the CPU default's step budget
         assert all(t.quantization == "nf4" for t in cfg.teachers) and cfg.precision == "bf16"
         # full fine-tuning: fp32 master weights under bf16 autocast; QLoRA: a frozen bf16/NF4 base
         assert cfg.student.dtype == ("bfloat16" if cfg.lora is not None else "float32"), name
