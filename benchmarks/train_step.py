@@ -6,6 +6,10 @@ the student, padding not counted) and MFU (``training/mfu.py``: model FLOPs of t
 training step and the teachers' forward passes, over the measured peak of the dtype the step
 runs in):
 
+- ``default``: the ``tiny-cpu`` step through the real trainer (``step.step_batches`` + ``step.accumulate``) on
+  ``--default-examples`` examples of its plan, as the issue measured it (fp32, batch 1) and as it runs now: bf16
+  autocast with autocast's per-call weight casts, with the weights cast once (``precision.AutocastWeights``, one
+  autocast region per step), and packed into rows of ``--max-tokens-per-batch`` (``packing: true``, the default);
 - ``trainer``: the ``tiny-cpu`` run built by ``trainer.setup`` (SmolLM2 + Gemma-3 teachers, the
   15-layer student); a full step (``step.compute_loss``, backward, AdamW) of: supervised (CE only),
   + smollm2, + smollm2 + gemma (shared-vocabulary KL, the default), + ULD 0.5;
@@ -23,7 +27,7 @@ runs in):
   the two runs side by side, interleaved, medians; cache bytes per row and per teacher token, build time, and
   after how many epochs the build has paid for itself.
 
-Run: ``python benchmarks/train_step.py [--sections precision,packing,cache,epoch] [--repeats 3] [--batches 2]
+Run: ``python benchmarks/train_step.py [--sections default,precision,packing,cache,epoch] [--repeats 3] [--batches 2]
 [--batch-size 2] [--pack-size 4] [--top-k 64] [--epoch-steps 2] [--threads 0]``.
 """
 
@@ -223,7 +227,9 @@ def section_trainer(args, peaks) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="trainer,precision,packing,cache,epoch")
+    parser.add_argument("--sections", default="default,trainer,precision,packing,cache,epoch")
+    parser.add_argument("--default-examples", type=int, default=16, help="examples per timed step in the default section")
+    parser.add_argument("--max-tokens-per-batch", type=int, default=512, help="pack budget in the default section")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, default=2, help="micro-batches timed per variant and repeat")
     parser.add_argument("--batch-size", type=int, default=2)
@@ -248,12 +254,77 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; start-up matmul peak "
           f"(1024^3, median of 5): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
           f"({peaks['bf16'] / peaks['fp32']:.1f}x); each table's MFU uses the peak re-timed inside its own rounds")
+    if "default" in sections:
+        section_default(args, peaks)
     if {"precision", "packing", "cache"} & set(sections):
         mine(args, sections, peaks)
     if "trainer" in sections:
         section_trainer(args, peaks)
     if "epoch" in sections:
         section_epoch(args)
+
+
+def section_default(args, peaks) -> None:
+    """The default recipe's step through the real trainer: the issue-time fp32 step, bf16 autocast with autocast's
+    per-call weight casts, with weights cast once (precision.AutocastWeights), and packed rows (packing: true)."""
+    import dataclasses
+
+    from distillm_edge.training import step as train_step
+    from distillm_edge.training import trainer
+    from distillm_edge.training.config import resolve_config
+    from distillm_edge.training.packing import pack_order
+    from distillm_edge.training.teachers import pad_id
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = resolve_config("tiny-cpu", overrides={
+            "out": f"{tmp}/run", "eval_examples": 0, "progress": False, "tensorboard": False, "threads": args.threads,
+            "max_steps": 1, "grad_accum": 1, "packing": False, "precision": "bf16"})
+        r = trainer.setup(cfg)
+        r.log.close()
+    pads = {t.index: t.pad_id for t in r.teachers if not t.same_tokenizer}
+    spad = pad_id(r.tokenizer)
+    order = [b[0] for b in r.plan[: args.default_examples]]
+    lengths = [len(e.student.ids) for e in r.train_examples]
+    tokens = sum(lengths[i] for i in order)
+    low = (r.student_autocast, [t.autocast_weights for t in r.teachers])
+    r.student.train()
+
+    def variant(plan, *, packing: bool, autocast: bool, cast_once: bool):
+        def go():
+            r.cfg = dataclasses.replace(cfg, packing=packing, grad_accum=len(plan), max_tokens_per_batch=10**6)
+            r.plan = plan
+            r.student_autocast = low[0] if cast_once else None
+            for t, w in zip(r.teachers, low[1], strict=True):
+                t.autocast_weights = w if cast_once else None
+            batches = train_step.step_batches(r, 0, 1, 0, pads, spad)
+            if autocast:
+                train_step.accumulate(r, batches, 2.0)
+            else:  # fp32: the same losses with autocast off
+                counts = train_step.step_counts(r, batches)
+                for b in batches:
+                    train_step.compute_loss(r, b, 2.0, counts)["loss"].backward()
+            r.optimizer.step()
+            r.optimizer.zero_grad(set_to_none=True)
+            return batches
+        return go
+
+    singles = [[i] for i in order]
+    packs = pack_order(order, lengths, args.max_tokens_per_batch)
+    variants = {
+        "fp32, batch 1 (the issue's default)": variant(singles, packing=False, autocast=False, cast_once=False),
+        "bf16 autocast, per-call weight casts": variant(singles, packing=False, autocast=True, cast_once=False),
+        "bf16, weights cast once": variant(singles, packing=False, autocast=True, cast_once=True),
+        f"bf16, cast once, packed <= {args.max_tokens_per_batch} (default)": variant(packs, packing=True, autocast=True,
+                                                                                     cast_once=True),
+    }
+    flops = {name: train_step.step_flops(fn(), *r.flop_shapes) for name, fn in variants.items()}  # also the warm-up
+    secs = timed(variants, args.repeats, peaks)
+    fp32 = "fp32, batch 1 (the issue's default)"
+    table(f"default: the tiny-cpu step through the trainer (SmolLM2 + Gemma-3 teachers, 15-layer student), "
+          f"{len(order)} examples ({tokens} tokens; packed: {len(packs)} rows)",
+          [(name, tokens, secs[name], flops[name], peaks["fp32" if name == fp32 else "bf16"]) for name in variants], fp32)
+    print("(MFU: model FLOPs of the student's step and both teachers' forward passes, each example as if run alone, "
+          "against the peak of the row's own dtype timed in the same rounds)")
 
 
 def section_epoch(args) -> None:
