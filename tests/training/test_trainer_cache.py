@@ -64,15 +64,16 @@ def first_step(cfg, tau):
         r.log.close()
 
 
+@pytest.mark.parametrize("packing", [False, True])  # padded micro-batches of 2, or packed rows
 @pytest.mark.parametrize("pair", ["same", "cross"])
-def test_cached_teacher_step_matches_the_online_step(pair, tiny_llama_dir, tiny_cross_dir, peaked_dir, tiny_data,
+def test_cached_teacher_step_matches_the_online_step(pair, packing, tiny_llama_dir, tiny_cross_dir, peaked_dir, tiny_data,
                                                      tmp_path):
     # same: a 1,024-token teacher and a student with its tokenizer; cross: that teacher for a SmolLM2-tokenizer student.
     # Either way top-k = 1,024 covers the teacher's whole vocabulary: cached == online up to fp16 log-probs.
     student = tiny_cross_dir if pair == "same" else tiny_llama_dir
     full = cache_of(peaked_dir, student, tiny_data, tmp_path / "full")
     top16 = cache_of(peaked_dir, student, tiny_data, tmp_path / "top16", top_k=16)
-    base = {"teachers": [{"model": str(peaked_dir), "weight": 1.0}], "grad_accum": 3, "batch_size": 2,
+    base = {"teachers": [{"model": str(peaked_dir), "weight": 1.0}], "grad_accum": 3, "batch_size": 1 if packing else 2, "packing": packing,
             "kd_weight": 0.7, "cross_tokenizer": {"min_shared": 500}}  # (the tiny BPE shares 961 tokens)
     for tau in (1.0, 3.0):
         online, g_online, r = first_step(tiny_config(student, tiny_data, tmp_path / f"on{tau}", **base), tau)
