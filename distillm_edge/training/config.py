@@ -297,9 +297,6 @@ class TrainConfig:
             if self.batch_size != 1:
                 raise ConfigError(f"batch_size {self.batch_size} with packing: true: a packed micro-batch holds as many "
                                   "examples as fit in max_tokens_per_batch; set batch_size: 1 (or packing: false).")
-            if self.attention.weight > 0:
-                raise ConfigError("packing: true with attention alignment (attention.weight > 0): attention maps of a "
-                                  "packed row are not compared yet; set packing: false for attention alignment.")
         if self.fake_quant is not None and self.lora is not None:
             raise ConfigError("fake_quant with lora: fake quantization trains the student's own linear weights; "
                               "use one or the other (fake_quant: null, or remove the lora section).")

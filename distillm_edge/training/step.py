@@ -67,7 +67,10 @@ def batch_counts(r: Run, batch: Batch) -> dict[str, float]:
         out["hidden"] = float(batch.tokens if t.same_tokenizer else batch.views[t.index].student_rows.numel())
     if r.attention_map:
         t = r.teachers[cfg.attention.teacher]
-        n = batch.attention_mask.sum(1) if t.same_tokenizer else (batch.views[t.index].student_pos >= 0).sum(1)
+        if batch.position_ids is not None:  # a packed row: each example's causal pairs (attention never crosses one)
+            n = torch.tensor([k for k, _ in sequences(batch.attention_mask, batch.loss_mask, batch.position_ids)])
+        else:
+            n = batch.attention_mask.sum(1) if t.same_tokenizer else (batch.views[t.index].student_pos >= 0).sum(1)
         out["attention"] = float((n * (n + 1) // 2).sum())
     return out
 

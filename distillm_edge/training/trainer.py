@@ -325,6 +325,10 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
     if valid_examples and accelerator.is_main_process:
         before = evaluate_before(student, teachers, valid_examples, pad_id(tokenizer), log)
     hidden_map, attention_map = layer_maps(cfg, student, teachers)
+    if cfg.packing and attention_map and not teachers[cfg.attention.teacher].same_tokenizer:
+        raise ConfigError(f"packing: true with attention alignment to teachers[{cfg.attention.teacher}], whose tokenizer "
+                          "differs: its aligned attention maps are not compared on packed rows; set packing: false, or "
+                          "align attention with a same-tokenizer teacher.")
     if cfg.lora is not None:
         student = add_lora(cfg, student)
     elif cfg.freeze_embeddings:

@@ -5,7 +5,9 @@ row (``packing: true``, ``grad_accum: 1``) must give the same loss parts and the
 up to summation order), with a same-tokenizer teacher and with Gemma-3's tokenizer as the other
 teacher (its packed view runs with its own restarting position ids). If attention crossed an example
 boundary in the student or in either teacher, the numbers would differ. A short run builds the packed
-plan itself (fewer micro-batches, every example once) and logs MFU from per-example FLOPs.
+plan itself (fewer micro-batches, every example once) and logs MFU from per-example FLOPs. Hidden-state and
+attention alignment to the same-tokenizer teacher are equal packed and apart too (each example's causal pairs
+are counted, as if run alone); attention to the other-tokenizer teacher is refused when packed.
 
 Run: ``pytest tests/training/test_trainer_packing.py``.
 """
@@ -27,17 +29,19 @@ def cfg_for(tiny_llama_dir, tiny_gemma_dir, tiny_data, out, **changes):
                        **changes)
 
 
-def test_a_packed_step_equals_the_examples_run_apart(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path):
+@pytest.mark.parametrize("alignment", [{}, {"hidden": {"weight": 1.0}, "attention": {"weight": 0.5, "layers": [0]}}],
+                         ids=["kd", "kd+hidden+attention"])
+def test_a_packed_step_equals_the_examples_run_apart(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path, alignment):
     examples = [0, 1, 2, 3]
-    apart = step_grads(cfg_for(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path / "a", grad_accum=4),
+    apart = step_grads(cfg_for(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path / "a", grad_accum=4, **alignment),
                        [[i] for i in examples])
     packed = step_grads(cfg_for(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path / "b", grad_accum=1,
-                                packing=True, max_tokens_per_batch=4096), [examples])
+                                packing=True, max_tokens_per_batch=4096, **alignment), [examples])
     assert apart.keys() == packed.keys() and apart
     for name in apart:
         torch.testing.assert_close(packed[name], apart[name], rtol=1e-4, atol=1e-6, msg=name)
     a, b = train_rows(tmp_path / "a")[0], train_rows(tmp_path / "b")[0]
-    for key in ("loss", "loss/ce", "loss/kd"):
+    for key in ("loss", "loss/ce", "loss/kd") + (("loss/hidden", "loss/attention") if alignment else ()):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), key  # kd ~0.009: a near-zero KL, absolute
     assert b["target_tokens"] == a["target_tokens"]
 
@@ -79,8 +83,14 @@ def test_a_packed_run_builds_its_plan_and_logs(tiny_llama_dir, tiny_gemma_dir, t
 @pytest.mark.parametrize("changes, message", [
     ({"max_tokens_per_batch": 32}, "max_tokens_per_batch 32"),
     ({"batch_size": 2}, "batch_size 2 with packing"),
-    ({"attention": {"weight": 0.1, "layers": [0]}}, "attention alignment"),
 ])
 def test_bad_packing_settings_name_the_option(tiny_llama_dir, tiny_data, tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(tiny_llama_dir, tiny_data, tmp_path, packing=True, **changes)
+
+
+def test_attention_to_an_other_tokenizer_teacher_is_refused_when_packed(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path):
+    cfg = cfg_for(tiny_llama_dir, tiny_gemma_dir, tiny_data, tmp_path / "x", packing=True,
+                  attention={"weight": 0.5, "layers": [0], "teacher": 1})
+    with pytest.raises(ConfigError, match="packing: true with attention alignment to teachers\\[1\\]"):
+        trainer.setup(cfg)
