@@ -25,16 +25,13 @@ Test: ``pytest tests/backends/test_llamacpp_batch.py`` (slow: the embedded SmolL
 from __future__ import annotations
 
 import ctypes
-import queue
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 
-from distillm_edge.backends.base import common_prefix, log_softmax, sample
+from distillm_edge.backends.base import common_prefix
+from distillm_edge.backends.slots import DONE, Request, Scheduler, batch_timings
 from distillm_edge.errors import UserError
 
 
@@ -157,103 +154,27 @@ def batch_generate(decoder: MultiSequenceDecoder, prompts: Sequence[Sequence[int
         for seq in range(len(prompts)):
             tokens[seq].append(int(np.argmax(rows[seq])))
     end = clock()
-    k = len(prompts)
-    return {
-        "tokens": tokens,
-        "prefill_s": first - start,
-        "decode_tps": k * (new_tokens - 1) / (end - first) if new_tokens > 1 and end > first else float("nan"),
-        "total_tps": k * new_tokens / (end - start) if end > start else float("nan"),
-    }
+    return batch_timings(tokens, new_tokens, start, first, end)
 
 
-_DONE = object()
+class SlotScheduler(Scheduler):
+    """Continuous batching: up to ``n_slots`` sequences share one context, fed by one thread
+    (``backends.slots``: the request queue, the stream, the thread loop)."""
 
-
-@dataclass
-class _Request:
-    prompt: list[int]
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    rng: np.random.Generator
-    cancel: threading.Event  # the caller's: set when its client goes away
-    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    slot: int = -1
-    pos: int = 0
-    todo: list[int] = field(default_factory=list)  # tokens still to feed (the prompt's uncached rest, then the last sample)
-    generated: int = 0
-    closed: bool = False  # the consumer stopped reading (generator closed)
-
-    def stopped(self) -> bool:
-        return self.closed or self.cancel.is_set()
-
-
-class SlotScheduler:
-    """Continuous batching: up to ``n_slots`` sequences share one context, fed by one thread."""
+    label = "llama.cpp slot scheduler"
 
     def __init__(self, backend, n_slots: int, n_ctx_per_slot: int, n_batch: int = 512, threads: int = 0):
         self.decoder = MultiSequenceDecoder(backend, n_slots, n_ctx_per_slot, n_batch, threads)
-        self.n_slots, self.n_ctx_per_slot = n_slots, self.decoder.n_ctx_per_seq
-        self._waiting: deque[_Request] = deque()
-        self._active: dict[int, _Request] = {}
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._prefill_turn = False
+        self.eos_token_ids = self.decoder.eos_token_ids
+        self._active: dict[int, Request] = {}
         self._cached: list[list[int]] = [[] for _ in range(n_slots)]  # tokens in each slot's KV cells
         self.prefix_hits = 0  # prompt tokens not recomputed thanks to a slot's cached prefix
-        self.failure: str | None = None
-        self._thread = threading.Thread(target=self._loop, name="llama-slots", daemon=True)
-        self._thread.start()
+        self._start(n_slots, self.decoder.n_ctx_per_seq, "llama-slots")
 
-    @property
-    def running(self) -> int:
-        return len(self._active)
+    def _closed(self) -> None:
+        self.decoder.close()
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
-               top_p: float = 1.0, cancel: threading.Event | None = None) -> Iterator[int]:
-        """Yield the sequence's sampled tokens (stops after EOS or ``max_new_tokens``); closing the
-        generator or setting ``cancel`` frees its slot."""
-        if not ids:
-            raise ValueError("cannot generate from an empty prompt")
-        if len(ids) + max_new_tokens > self.n_ctx_per_slot:
-            raise ValueError(f"{len(ids)} prompt tokens + {max_new_tokens} new tokens exceed the slot "
-                             f"context of {self.n_ctx_per_slot}")
-        request = _Request(list(ids), max_new_tokens, temperature, top_p, np.random.default_rng(seed),
-                           cancel or threading.Event())
-        with self._wake:
-            if self._stopping:
-                raise RuntimeError("the llama.cpp slot scheduler is shut down")
-            self._waiting.append(request)
-            self._wake.notify()
-        try:
-            while True:
-                item = request.out.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            request.closed = True  # no-op when it finished; otherwise the loop frees the slot
-            with self._wake:
-                self._wake.notify()
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Cancel every sequence, stop the thread, free the context."""
-        with self._wake:
-            self._stopping = True  # the loop ends every waiting and running sequence at its next step
-            self._wake.notify()
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.decoder.close()
-
-    # --- the decode thread -----------------------------------------------------------------------
-
-    def _finish(self, request: _Request, item=_DONE) -> None:
+    def _finish(self, request: Request, item=DONE) -> None:
         if request.slot >= 0:  # the slot keeps its KV cells: the next prompt may share their prefix
             self._active.pop(request.slot, None)
             request.slot = -1
@@ -262,9 +183,7 @@ class SlotScheduler:
     def _admit(self) -> None:
         """Give free slots to waiting requests, each to the free slot whose cached tokens share the
         longest prefix with its prompt (as llama.cpp's server does); only the rest is prefilled."""
-        for request in [r for r in self._waiting if r.stopped()]:
-            self._waiting.remove(request)
-            request.out.put(_DONE)
+        self._drop_stopped_waiting()
         free = [s for s in range(self.n_slots) if s not in self._active]
         while free and self._waiting:
             request = self._waiting.popleft()
@@ -303,37 +222,5 @@ class SlotScheduler:
             request.todo = request.todo[len(chunk):]
             self._cached[request.slot].extend(chunk)
             row = logits.get(request.slot)
-            if row is None:
-                continue
-            if request.temperature <= 0:
-                token = int(np.argmax(row))
-            else:
-                token = sample(log_softmax(row), request.temperature, request.rng, request.top_p)
-            request.generated += 1
-            request.out.put(token)
-            if token in self.decoder.eos_token_ids or request.generated >= request.max_new_tokens:
-                self._finish(request)
-            else:
-                request.todo = [token]
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                with self._wake:
-                    while not self._stopping and not self._waiting and not self._active:
-                        self._wake.wait()
-                    if self._stopping:
-                        for request in [*self._waiting, *self._active.values()]:
-                            self._finish(request)
-                        self._waiting.clear()
-                        return
-                    self._admit()
-                self._step()
-        except Exception as exc:  # a decode failure ends every sequence with the error, never silently
-            self.failure = f"{type(exc).__name__}: {exc}"
-            with self._wake:
-                self._stopping = True
-                for request in [*self._waiting, *self._active.values()]:
-                    request.out.put(RuntimeError(f"llama.cpp slot scheduler stopped: {self.failure}"))
-                self._waiting.clear()
-                self._active.clear()
+            if row is not None:
+                self._emit(request, row)

@@ -29,16 +29,12 @@ Test: ``pytest tests/backends/test_onnx_batch.py``.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 
-from distillm_edge.backends.base import log_softmax, sample
+from distillm_edge.backends.slots import DONE, Request, Scheduler, batch_timings
 from distillm_edge.errors import UserError
 
 _CACHE_IO = (("past_key_names", "present_key_names"), ("past_value_names", "present_value_names"))
@@ -145,120 +141,31 @@ def batch_generate(decoder: BatchDecoder, prompts: Sequence[Sequence[int]], new_
         for row, logits in zip(tokens, decoder.decode([t[-1] for t in tokens]), strict=True):
             row.append(int(np.argmax(logits)))
     end = clock()
-    k = len(prompts)
-    return {
-        "tokens": tokens,
-        "prefill_s": first - start,
-        "decode_tps": k * (new_tokens - 1) / (end - first) if new_tokens > 1 and end > first else float("nan"),
-        "total_tps": k * new_tokens / (end - start) if end > start else float("nan"),
-    }
+    return batch_timings(tokens, new_tokens, start, first, end)
 
 
-_DONE = object()
+class OnnxSlotScheduler(Scheduler):
+    """Continuous batching: up to ``n_slots`` sequences decoded together, fed by one thread
+    (``backends.slots``: the request queue, the stream, the thread loop)."""
 
-
-@dataclass
-class _Request:
-    prompt: list[int]
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    rng: np.random.Generator
-    cancel: threading.Event  # the caller's: set when its client goes away
-    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    row: int = -1
-    last: int = -1  # the token to feed next (-1: the prompt is not prefilled yet)
-    generated: int = 0
-    closed: bool = False  # the consumer stopped reading (generator closed)
-
-    def stopped(self) -> bool:
-        return self.closed or self.cancel.is_set()
-
-
-class OnnxSlotScheduler:
-    """Continuous batching: up to ``n_slots`` sequences decoded together, fed by one thread."""
+    label = "ONNX slot scheduler"
 
     def __init__(self, backend, n_slots: int, n_ctx_per_slot: int):
         self.decoder = BatchDecoder(backend, n_slots, n_ctx_per_slot)
         self.eos_token_ids = backend.eos_token_ids
-        self.n_slots, self.n_ctx_per_slot = n_slots, self.decoder.n_ctx_per_seq
-        self._waiting: deque[_Request] = deque()
-        self._active: list[_Request] = []  # request i owns decoder row i (rows kept packed)
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._prefill_turn = False
-        self.failure: str | None = None
-        self._thread = threading.Thread(target=self._loop, name="onnx-slots", daemon=True)
-        self._thread.start()
+        self._active: list[Request] = []  # request i owns decoder row i (rows kept packed)
+        self._start(n_slots, self.decoder.n_ctx_per_seq, "onnx-slots")
 
-    @property
-    def running(self) -> int:
-        return len(self._active)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    def stream(self, ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
-               top_p: float = 1.0, cancel: threading.Event | None = None) -> Iterator[int]:
-        """Yield the sequence's sampled tokens (stops after EOS or ``max_new_tokens``); closing the
-        generator or setting ``cancel`` frees its row."""
-        if not ids:
-            raise ValueError("cannot generate from an empty prompt")
-        if len(ids) + max_new_tokens > self.n_ctx_per_slot:
-            raise ValueError(f"{len(ids)} prompt tokens + {max_new_tokens} new tokens exceed the slot "
-                             f"context of {self.n_ctx_per_slot}")
-        request = _Request(list(ids), max_new_tokens, temperature, top_p, np.random.default_rng(seed),
-                           cancel or threading.Event())
-        with self._wake:
-            if self._stopping:
-                raise RuntimeError("the ONNX slot scheduler is shut down")
-            self._waiting.append(request)
-            self._wake.notify()
-        try:
-            while True:
-                item = request.out.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            request.closed = True  # no-op when it finished; otherwise the loop frees the row
-            with self._wake:
-                self._wake.notify()
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Cancel every sequence and stop the thread."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join(timeout)
-
-    # --- the decode thread -----------------------------------------------------------------------
-
-    def _finish(self, request: _Request, item=_DONE) -> None:
-        if request.row >= 0:  # keep rows packed: the last active sequence moves into the freed row
-            row, last = request.row, len(self._active) - 1
+    def _finish(self, request: Request, item=DONE) -> None:
+        if request.slot >= 0:  # keep rows packed: the last active sequence moves into the freed row
+            row, last = request.slot, len(self._active) - 1
             if row != last:
                 self.decoder.move(last, row)
                 self._active[row] = self._active[last]
-                self._active[row].row = row
+                self._active[row].slot = row
             self._active.pop()
-            request.row = -1
+            request.slot = -1
         request.out.put(item)
-
-    def _emit(self, request: _Request, row: np.ndarray) -> None:
-        if request.temperature <= 0:
-            token = int(np.argmax(row))
-        else:
-            token = sample(log_softmax(row), request.temperature, request.rng, request.top_p)
-        request.generated += 1
-        request.out.put(token)
-        if token in self.eos_token_ids or request.generated >= request.max_new_tokens:
-            self._finish(request)
-        else:
-            request.last = token
 
     def _step(self) -> None:
         """One run: either one admitted prompt alone, or the next token of every running sequence."""
@@ -267,38 +174,14 @@ class OnnxSlotScheduler:
         self._prefill_turn = not self._prefill_turn  # alternate, so running streams keep flowing
         admitted = None
         with self._wake:
-            for request in [r for r in self._waiting if r.stopped()]:
-                self._waiting.remove(request)
-                request.out.put(_DONE)
+            self._drop_stopped_waiting()
             if self._waiting and len(self._active) < self.n_slots and (self._prefill_turn or not self._active):
                 admitted = self._waiting.popleft()
         if admitted is not None:
-            admitted.row = len(self._active)
+            admitted.slot = len(self._active)
             self._active.append(admitted)
-            self._emit(admitted, self.decoder.prefill(admitted.row, admitted.prompt))
+            self._emit(admitted, self.decoder.prefill(admitted.slot, admitted.prompt))
         elif self._active:  # every active sequence is decoding (a prefill emits its first token at once)
-            rows = self.decoder.decode([r.last for r in self._active])
+            rows = self.decoder.decode([r.todo[-1] for r in self._active])
             for request, row in zip(list(self._active), rows, strict=True):
                 self._emit(request, row)
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                with self._wake:
-                    while not self._stopping and not self._waiting and not self._active:
-                        self._wake.wait()
-                    if self._stopping:
-                        for request in [*self._waiting, *self._active]:
-                            request.out.put(_DONE)
-                        self._waiting.clear()
-                        self._active.clear()
-                        return
-                self._step()
-        except Exception as exc:  # a run failure ends every sequence with the error, never silently
-            self.failure = f"{type(exc).__name__}: {exc}"
-            with self._wake:
-                self._stopping = True
-                for request in [*self._waiting, *self._active]:
-                    request.out.put(RuntimeError(f"ONNX slot scheduler stopped: {self.failure}"))
-                self._waiting.clear()
-                self._active.clear()
