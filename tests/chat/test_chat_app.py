@@ -193,8 +193,8 @@ async def test_prefill_changes_only_the_status_and_esc_cancels_it(make_session, 
 
 
 async def test_first_text_brings_the_draft_box_and_the_draft_takes_the_keys(make_session, make_app, tiny_backend):
-    """The first text brings the question and the draft box; the complete draft takes the keys from
-    the input (a/e/r/g decide on it)."""
+    """The first text brings the draft box, the question above it in the next frame; the complete draft
+    takes the keys from the input (a/e/r/g decide on it)."""
     gated = GatedBackend(tiny_backend)
     session = make_session(backend=gated, max_new_tokens=16)
     async with make_app(session).run_test() as pilot:
@@ -207,6 +207,8 @@ async def test_first_text_brings_the_draft_box_and_the_draft_takes_the_keys(make
         assert session.state is State.GENERATING and screen.first_shown.is_set()
         assert [(v.role, v.content) for v in screen.query(MessageView)] == [("user", QUESTION)]
         assert screen.query_one(DraftView).text
+        kids = list(screen.transcript.children)  # the question follows the first paint, but above the draft
+        assert kids.index(screen.pending) == kids.index(screen.query_one(DraftView)) - 1
         gated.release.set()
         await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
         await pilot.pause()
@@ -231,6 +233,7 @@ async def test_an_empty_draft_still_gets_its_box_and_keys(make_session, make_app
         screen = pilot.app.chat
         assert not posted_of(posted, DraftDelta) and session.draft.text == ""
         assert screen.query_one(DraftView).text == "" and screen.query_one("#question", Input).disabled
+        assert [(v.role, v.content) for v in screen.query(MessageView)] == [("user", QUESTION)]
         await pilot.press("r")
         await pilot.pause()
         assert isinstance(pilot.app.screen, PromptScreen)
