@@ -23,6 +23,7 @@ Test: ``pytest tests/training/test_trainer.py``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Teacher:
     shared_head: torch.Tensor | None = None  # output-embedding rows of the shared vocabulary [S, D]
     cache: object | None = None  # a teachers.cache.CachedTeacher (``teachers[i].cache``): read, never run
     autocast_weights: object | None = None  # precision.AutocastWeights: bf16 Linear copies for forwards under autocast
+    shared_head_low: torch.Tensor | None = None  # ``shared_head`` in the autocast dtype, made once with them
 
     @property
     def device(self) -> torch.device:
@@ -236,8 +238,8 @@ def prepare_for_autocast(teachers: list[Teacher], dtype: torch.dtype) -> int:
         t.autocast_weights = AutocastWeights(t.model, dtype)
         added += t.autocast_weights.nbytes
         if t.shared_head is not None and t.shared_head.dtype == torch.float32:
-            t.autocast_weights.shared_head = t.shared_head.to(dtype)
-            added += t.shared_head.numel() * 2
+            t.shared_head_low = t.shared_head.to(dtype)
+            added += t.shared_head_low.numel() * t.shared_head_low.element_size()
     return added
 
 
@@ -252,23 +254,15 @@ def teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: boo
     from distillm_edge.training.precision import autocast_dtype
 
     low = t.autocast_weights
-    if low is None or autocast_dtype(t.device) != low.dtype:
+    cast_once = low is not None and autocast_dtype(t.device) == low.dtype
+    with low.active() if cast_once else contextlib.nullcontext():
         return _teacher_forward(t, batch, student_vocab=student_vocab, hidden=hidden, attentions=attentions,
-                                for_eval=for_eval, shared_only=shared_only)
-    full_head = t.shared_head
-    t.shared_head = getattr(low, "shared_head", full_head)
-    try:
-        with low.active():
-            return _teacher_forward(t, batch, student_vocab=student_vocab, hidden=hidden, attentions=attentions,
-                                    for_eval=for_eval, shared_only=shared_only)
-    finally:
-        t.shared_head = full_head
+                                for_eval=for_eval, shared_only=shared_only,
+                                head_low=t.shared_head_low if cast_once else None)
 
 
 def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bool, attentions: bool,
-                     for_eval: bool, shared_only: bool) -> TeacherOutput:
-    from distillm_edge.training.precision import autocast_dtype
-
+                     for_eval: bool, shared_only: bool, head_low: torch.Tensor | None) -> TeacherOutput:
     model, dev = t.model, t.device
     extra = {"output_hidden_states": hidden or None, "output_attentions": attentions or None}
     if t.same_tokenizer:
@@ -286,7 +280,7 @@ def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bo
         base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         out = base(**inputs, **extra)
         rows = out.last_hidden_state[keep.to(dev)]
-        head = t.shared_head if t.shared_head.dtype != torch.float32 and autocast_dtype(dev) else t.shared_head.to(rows.dtype)
+        head = head_low if head_low is not None else t.shared_head.to(rows.dtype)
         logits = (rows @ head.T).unsqueeze(0)
         cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
