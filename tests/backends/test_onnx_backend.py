@@ -19,18 +19,10 @@ CHAT = [{"role": "user", "content": "A 72-year-old has a potassium of 6.1 mmol/L
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory, tiny_llama_dir):
-    from distillm_edge.export import ExportConfig, run
-
-    out = tmp_path_factory.mktemp("onnx_backend")
-    return run(ExportConfig(model=str(tiny_llama_dir), format="onnx", quant="fp32", outdir=out, verify=False)).artifact
-
-
-@pytest.fixture(scope="module")
-def backends(onnx_dir, tiny_llama_dir):
+def backends(tiny_onnx_dir, tiny_llama_dir):
     from distillm_edge.backends import open_backend
 
-    onnx = open_backend(str(onnx_dir), threads=2)  # "auto" picks onnx for an export directory
+    onnx = open_backend(str(tiny_onnx_dir), threads=2)  # "auto" picks onnx for an export directory
     torch_backend = open_backend(str(tiny_llama_dir), backend="torch")
     yield onnx, torch_backend
     onnx.close()
@@ -72,12 +64,12 @@ def test_stream_with_cache_equals_full_recompute_and_torch(backends):
     assert sampled == list(onnx.stream(ids, 5, temperature=1.0, seed=1)) and len(sampled) <= 5
 
 
-def test_runs_unchanged_on_onnxruntime_genai(backends, onnx_dir):
+def test_runs_unchanged_on_onnxruntime_genai(backends, tiny_onnx_dir):
     import onnxruntime_genai as og
 
     onnx, _ = backends
     ids = onnx.chat_ids(CHAT)
-    model = og.Model(str(onnx_dir))
+    model = og.Model(str(tiny_onnx_dir))
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(ids) + 6)
     generator = og.Generator(model, params)

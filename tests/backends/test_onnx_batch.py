@@ -23,13 +23,10 @@ QUESTIONS = ["What is a normal INR?", "Define tachycardia in adults, briefly, wi
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory, tiny_llama_dir):
+def backend(tiny_onnx_dir):
     from distillm_edge.backends.onnx_backend import OnnxBackend
-    from distillm_edge.export import ExportConfig, run
 
-    out = tmp_path_factory.mktemp("onnx_batch")
-    artifact = run(ExportConfig(model=str(tiny_llama_dir), format="onnx", quant="fp32", outdir=out, verify=False)).artifact
-    backend = OnnxBackend(str(artifact), threads=1)
+    backend = OnnxBackend(str(tiny_onnx_dir), threads=1)
     yield backend
     backend.close()
 

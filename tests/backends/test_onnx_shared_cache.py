@@ -24,18 +24,10 @@ CHAT = [{"role": "user", "content": "A 72-year-old has a potassium of 6.1 mmol/L
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory, tiny_llama_dir):
-    from distillm_edge.export import ExportConfig, run
-
-    out = tmp_path_factory.mktemp("onnx_shared")
-    return run(ExportConfig(model=str(tiny_llama_dir), format="onnx", quant="fp32", outdir=out, verify=False)).artifact
-
-
-@pytest.fixture(scope="module")
-def backend(onnx_dir):
+def backend(tiny_onnx_dir):
     from distillm_edge.backends.onnx_backend import OnnxBackend
 
-    backend = OnnxBackend(str(onnx_dir), threads=1)
+    backend = OnnxBackend(str(tiny_onnx_dir), threads=1)
     yield backend
     backend.close()
 
@@ -153,10 +145,10 @@ def _copy_export(src, dst):
     return dst
 
 
-def test_config_without_share_buffer_keeps_concatenation(onnx_dir, backend, tmp_path):
+def test_config_without_share_buffer_keeps_concatenation(tiny_onnx_dir, backend, tmp_path):
     from distillm_edge.backends.onnx_backend import OnnxBackend
 
-    folder = _copy_export(onnx_dir, tmp_path / "no_share")
+    folder = _copy_export(tiny_onnx_dir, tmp_path / "no_share")
     config_file = folder / "genai_config.json"
     config = json.loads(config_file.read_text())
     config["search"]["past_present_share_buffer"] = False
@@ -172,14 +164,14 @@ def test_config_without_share_buffer_keeps_concatenation(onnx_dir, backend, tmp_
         OnnxBackend(str(folder), threads=1, share_buffer=True)
 
 
-def test_graph_without_gqa_cache_inputs_keeps_concatenation(onnx_dir, backend, tmp_path):
+def test_graph_without_gqa_cache_inputs_keeps_concatenation(tiny_onnx_dir, backend, tmp_path):
     """A graph whose past inputs reach attention through another node (here an Identity) cannot be
     updated in place; the backend must detect that from the graph and fall back, still correct."""
     import onnx
 
     from distillm_edge.backends.onnx_backend import OnnxBackend
 
-    folder = _copy_export(onnx_dir, tmp_path / "no_gqa_past")
+    folder = _copy_export(tiny_onnx_dir, tmp_path / "no_gqa_past")
     model = onnx.load(str(folder / "model.onnx"))
     for node in list(model.graph.node):
         if node.op_type == "GroupQueryAttention":
