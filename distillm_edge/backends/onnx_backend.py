@@ -30,6 +30,15 @@ Two ways to keep the cache during ``stream``:
 ``share_buffer=None`` (default) picks the first when the export supports it; ``False`` forces the
 second (tests compare the two).
 
+**Sliding-window layers** (Gemma-3's local layers): the builder gives their GroupQueryAttention
+``sliding_window_cache=1`` (and ``genai_config.json`` lists them under ``decoder.sliding_window``).
+Such a layer's past/present buffer holds a window, not the sequence: a fixed capacity ``C >=
+local_window_size`` (here the window + ``WINDOW_SLACK``) that GQA compacts itself, keeping the most
+recent positions at rows ``[0, L)``; it still reads the absolute length from ``attention_mask``.
+So both ways above give those layers one ``C``-row buffer from the first token on (a zero-row
+past is rejected), never grown or concatenated, and take the sequence length from the other
+layers (or from the count of tokens run so far).
+
 Public API::
 
     backend = OnnxBackend("exports/smollm2-135m-instruct-onnx-int4", threads=4)
@@ -58,6 +67,8 @@ from distillm_edge.backends.base import BackendInfo, gather_token_logprobs, hf_c
 from distillm_edge.errors import UserError
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# rows beyond the window in a sliding-window layer's cache: GQA compacts it once per this many steps
+WINDOW_SLACK = 64
 
 
 def _weight_dtype(model, io_type: str) -> str:
@@ -68,6 +79,17 @@ def _weight_dtype(model, io_type: str) -> str:
     if widths:
         return f"int{min(widths)}"
     return "fp16" if io_type == "tensor(float16)" else "fp32"
+
+
+def _windowed_cache_inputs(model) -> dict[str, int]:
+    """Graph inputs that feed a GroupQueryAttention node with ``sliding_window_cache=1`` as its past
+    key or value, each with that node's ``local_window_size``: the caches that hold a window."""
+    out = {}
+    for node in model.graph.node:
+        attrs = {a.name: a.i for a in node.attribute}
+        if node.op_type == "GroupQueryAttention" and attrs.get("sliding_window_cache"):
+            out.update({name: int(attrs["local_window_size"]) for name in node.input[3:5] if name})
+    return out
 
 
 def _gqa_cache_inputs(model) -> set[str]:
@@ -126,6 +148,11 @@ class OnnxBackend:
                 "open it with share_buffer=None or False."
             )
         self.share_buffer = supported if share_buffer is None else bool(share_buffer)
+        windows = _windowed_cache_inputs(graph_proto)
+        # layer -> rows of its windowed cache (sliding-window layers only)
+        self.window_capacity = {layer: windows[self._in["past_key_names"] % layer] + WINDOW_SLACK
+                                for layer in range(self.num_layers) if self._in["past_key_names"] % layer in windows}
+        self._full_layer = next((layer for layer in range(self.num_layers) if layer not in self.window_capacity), None)
 
         if tokenizer is None:
             from transformers import AutoTokenizer
@@ -151,19 +178,29 @@ class OnnxBackend:
         return hf_chat_ids(self.tokenizer, messages, add_generation_prompt)
 
     # -- graph -----------------------------------------------------------------------------------
+    def _cache_buffer(self, layer: int, rows: int) -> np.ndarray:
+        """A zero-filled cache tensor for ``layer``: ``rows`` positions, or its window capacity."""
+        rows = self.window_capacity.get(layer, rows)
+        return np.zeros((1, self.kv_heads, rows, self.head_size), dtype=self._kv_dtype)
+
     def _empty_cache(self) -> list:
         import onnxruntime as ort
 
-        empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, self.kv_heads, 0, self.head_size), dtype=self._kv_dtype))
-        return [empty] * (2 * self.num_layers)
+        return [ort.OrtValue.ortvalue_from_numpy(self._cache_buffer(layer, 0))
+                for layer in range(self.num_layers) for _ in range(2)]
 
-    def _run(self, ids: Sequence[int], cache: list) -> tuple[np.ndarray, list]:
-        """Logits [T, V] for ``ids`` following the cached positions, and the new cache.
+    def _run(self, ids: Sequence[int], cache: list, past: int | None = None) -> tuple[np.ndarray, list]:
+        """Logits [T, V] for ``ids`` following the ``past`` cached positions, and the new cache.
 
-        The cache stays as ONNX Runtime values bound through I/O binding, so decoding never copies
-        it out to numpy and back (at a 1024-token context that moved tens of MB per token).
+        ``past`` defaults to the length of a full-attention layer's cache (needed when every layer
+        keeps a window). The cache stays as ONNX Runtime values bound through I/O binding, so
+        decoding never copies it out to numpy and back (at a 1024-token context that moved tens of
+        MB per token).
         """
-        past = cache[0].shape()[2]
+        if past is None:
+            if self._full_layer is None:
+                raise ValueError("every layer keeps a sliding window: pass past= (the tokens run so far)")
+            past = cache[2 * self._full_layer].shape()[2]
         total = past + len(ids)
         if self.context_length and total > self.context_length:
             raise UserError(f"sequence of {total} tokens exceeds the export's context length {self.context_length}.")
@@ -218,10 +255,15 @@ class OnnxBackend:
                 raise UserError(f"sequence of {total} tokens exceeds the export's context length {self.context_length}.")
             if total > capacity:  # first step, or full: a larger buffer holding the valid prefix
                 capacity = min(max(limit, total), max(2 * capacity, len(ids) + 64))
-                grown = [np.zeros((1, self.kv_heads, capacity, self.head_size), dtype=self._kv_dtype)
-                         for _ in range(2 * self.num_layers)]
-                for new, old in zip(grown, cache, strict=False):
-                    new[:, :, :done] = old[:, :, :done]
+                grown = []
+                for i in range(2 * self.num_layers):
+                    old = cache[i] if cache else None
+                    if old is not None and i // 2 in self.window_capacity:
+                        grown.append(old)  # a sliding-window layer's buffer: fixed capacity, GQA compacts it
+                        continue
+                    grown.append(self._cache_buffer(i // 2, capacity))
+                    if old is not None:
+                        grown[-1][:, :, :done] = old[:, :, :done]
                 cache = grown
                 for layer in range(self.num_layers):
                     for i, (past, present) in enumerate((("past_key_names", "present_key_names"),
@@ -260,9 +302,10 @@ class OnnxBackend:
                 logits = steps.send(token)
             return
         cache = self._empty_cache()
-        step = list(ids)
+        step, done = list(ids), 0
         for _ in range(max_new_tokens):
-            logits, cache = self._run(step, cache)
+            logits, cache = self._run(step, cache, done)
+            done += len(step)
             token = sample(log_softmax(logits[-1]), temperature, rng, top_p)
             yield token
             if token in self.eos_token_ids:

@@ -24,13 +24,16 @@ from distillm_edge.errors import UserError
 # sliding window used in llama.cpp's llama arch; identical for contexts shorter than the window).
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
 # what ONNX Runtime GenAI's model builder converts and our parity check has proven (tests/export)
-ONNX_ARCHITECTURES = (*SUPPORTED_ARCHITECTURES, "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM")
+# (Gemma-3: text-only, through onnx_builder_main's fixes; its sliding-window layers keep a windowed cache)
+ONNX_ARCHITECTURES = (*SUPPORTED_ARCHITECTURES, "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM",
+                      "Gemma3ForCausalLM")
 # builder-supported but not offered, and why
 ONNX_NOT_YET = {
-    "Gemma3ForCausalLM": (
-        "the builder (onnxruntime-genai 0.18) reads Gemma-3's RoPE in transformers 4's flat form (KeyError "
-        "'rope_type' on transformers 5 configs), and its sliding-window GroupQueryAttention needs a KV cache "
-        "preallocated to the window, which distillm-edge's ONNX backend does not keep yet, so no parity can be proven"
+    "Gemma3ForConditionalGeneration": (
+        "distillm-edge exports text-only Gemma-3 (Gemma3ForCausalLM: gemma-3-270m, gemma-3-1b). The multimodal "
+        "model's vision tower is not exported by the builder, its larger sizes scale the global layers' RoPE "
+        "(linear, factor 8) and the builder would apply that to the sliding-window layers as well, and the parity "
+        "check reads text-only causal LMs, so no parity is proven for it"
     ),
 }
 
@@ -115,6 +118,14 @@ def check_supported(ckpt: Checkpoint, fmt: str = "gguf") -> None:
                             "Use --format gguf with a GGUF made by llama.cpp's convert_hf_to_gguf.py.")
         if arch not in ONNX_ARCHITECTURES:
             raise UserError(f"{ckpt.path}: {what} cannot be exported to ONNX here. Supported: {', '.join(ONNX_ARCHITECTURES)}.")
+        if arch == "Gemma3ForCausalLM":  # per-layer-type rope_parameters (transformers 5) or flat rope_scaling (4)
+            params = ckpt.config.get("rope_parameters") or {}
+            layered = [p for p in params.values() if isinstance(p, dict)] or [params or ckpt.config.get("rope_scaling") or {}]
+            scaled = sorted({p.get("rope_type", p.get("type", "default")) for p in layered} - {"default"})
+            if scaled:
+                raise UserError(f"{ckpt.path / 'config.json'}: Gemma-3 with RoPE scaling ({', '.join(scaled)}) cannot be "
+                                "exported to ONNX: onnxruntime-genai's builder would scale the sliding-window layers' RoPE "
+                                "too. The default RoPE (gemma-3-270m, gemma-3-1b) is supported.")
         return
     if arch not in SUPPORTED_ARCHITECTURES:
         onnx_hint = " or use --format onnx, which supports it" if arch in ONNX_ARCHITECTURES else ""

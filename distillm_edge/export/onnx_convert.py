@@ -12,7 +12,9 @@ tokenizer files and chat template beside the graph. Its one undeclared dependenc
 must be installed.
 
 The builder runs in a subprocess (its console output is parsed into a progress bar and kept for
-error messages) into a temporary directory that ``run.py`` renames into place.
+error messages) into a temporary directory that ``run.py`` renames into place. It runs through
+``onnx_builder_main``, which fixes the builder's view of Gemma-3 (RoPE in transformers 5's nested
+form; the rounded embedding scale) and otherwise runs the builder's own ``__main__``.
 
 Run: ``distillm-edge export --model smollm2-135m-instruct --format onnx --quant int4``.
 Test: ``pytest tests/export/test_onnx.py``.
@@ -86,7 +88,8 @@ def build_onnx(checkpoint: Path, out_dir: Path, quant: str, num_layers: int,
     if missing:
         raise UserError(missing)
     cache = out_dir / ".builder-cache"
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out_dir),
+    # the builder's own command line, through onnx_builder_main (Gemma-3's RoPE and embedding-scale fixes)
+    cmd = [sys.executable, "-m", "distillm_edge.export.onnx_builder_main", "-i", str(checkpoint), "-o", str(out_dir),
            "-p", kind.precision, "-e", "cpu", "-c", str(cache)]
     extra = kind.extra_options if extra_options is None else tuple(extra_options)
     if extra:

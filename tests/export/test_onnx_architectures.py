@@ -1,7 +1,9 @@
 """ONNX export of the other architectures ONNX Runtime GenAI's builder supports — Qwen2, Qwen3,
 Phi-3 — each proven by the same parity check as Llama (tiny random configs built here, with
-SmolLM2's tokenizer and chat template); Gemma-3 refused for ONNX with the reason (see
-``checkpoint.ONNX_NOT_YET``); and the GGUF writer's refusal for all four naming llama.cpp's converter.
+SmolLM2's tokenizer and chat template; Gemma-3's own proof is ``test_onnx_gemma3.py``); multimodal
+Gemma-3 refused for ONNX with the reason (see ``checkpoint.ONNX_NOT_YET``); and the GGUF writer's
+refusal for all four naming llama.cpp's converter (which registers Gemma3ForCausalLM and
+Gemma3ForConditionalGeneration, Qwen2/3 and Phi-3).
 
 Run: ``pytest tests/export/test_onnx_architectures.py``.
 """
@@ -65,7 +67,7 @@ def test_gguf_refuses_them_naming_llamacpps_converter(tmp_path, tiny_dirs, arch)
 
     with pytest.raises(UserError, match="convert_hf_to_gguf.py") as info:
         run(ExportConfig(model=str(tiny_dirs(arch)), format="gguf", quant="f16", outdir=tmp_path, verify=False))
-    assert ("--format onnx" in str(info.value)) == (arch != "gemma3")  # offered where ONNX export is proven
+    assert "--format onnx" in str(info.value)  # each is offered for ONNX export, with its parity proof
 
 
 def test_an_architecture_neither_writer_supports(tmp_path, smollm2_tokenizer):
@@ -80,9 +82,13 @@ def test_an_architecture_neither_writer_supports(tmp_path, smollm2_tokenizer):
             check_supported(ckpt, fmt)
 
 
-def test_gemma3_onnx_is_refused_with_the_reason(tmp_path, tiny_dirs):
-    from distillm_edge.export import ExportConfig, run
+def test_multimodal_gemma3_onnx_is_refused_with_the_reason(tmp_path):
+    import json
 
-    with pytest.raises(UserError, match="sliding-window") as info:
-        run(ExportConfig(model=str(tiny_dirs("gemma3")), format="onnx", quant="fp32", outdir=tmp_path, verify=False))
-    assert "convert_hf_to_gguf.py" in str(info.value)
+    from distillm_edge.export.checkpoint import Checkpoint, check_supported
+
+    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="text-only Gemma-3 \\(Gemma3ForCausalLM") as info:
+        check_supported(Checkpoint(tmp_path, config, {}), "onnx")
+    assert "Gemma3ForConditionalGeneration" in str(info.value) and "convert_hf_to_gguf.py" in str(info.value)
