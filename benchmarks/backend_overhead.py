@@ -17,14 +17,20 @@ ours / theirs (decode: higher is better; TTFT: theirs / ours, so above 1 means w
 The backends should stay at >= 0.96x of the runtimes. ``--onnx-concat`` adds a row for our ONNX
 backend with its shared past/present KV buffer turned off (the cache grown by concatenation, as
 before the shared buffer), timed against the same Generator in the same run: the before/after.
-``--batch K`` adds rows for K sequences decoded together: our ``onnx_batch.batch_generate`` (what
-``serve`` batches with) against onnxruntime-genai's ``Generator`` with ``batch_size=K``
-(``bench.batch.onnx_batch_generate``), same prompts, EOS ignored; "TTFT" there is the prefill of
-all K prompts and tok/s counts all K sequences.
+``--batch 1,4,8`` adds rows for K sequences decoded together, three ways on the same prompts, EOS
+ignored: our ``onnx_batch.batch_generate`` (what ``serve`` batches with) against onnxruntime-genai's
+``Generator`` with ``batch_size=K`` (``bench.batch.onnx_batch_generate``) and against its ``Engine``
+with K requests begun together (:func:`engine_batch_generate`; on CPU the Engine batches statically,
+see ``onnx_batch.py``). "TTFT" there is the prefill of all K prompts (for the Engine it includes
+allocating the batch's KV cache), tok/s counts all K sequences, and a line says whether all three gave
+the same greedy tokens. ``--arrivals`` shows why ``serve`` does not use the Engine: a request that
+arrives while another is decoding, and how long it waits for its first token under the Engine and
+under our ``OnnxSlotScheduler`` (plus what the Engine refuses on CPU).
 
 Run: ``python benchmarks/backend_overhead.py`` (3 repetitions after 1 warm-up, 64 new tokens;
 about 4 min on 2 quiet cores, plus a one-off ONNX export) or
-``python benchmarks/backend_overhead.py --repeats 5 --new-tokens 128 --backends gguf``.
+``python benchmarks/backend_overhead.py --repeats 5 --new-tokens 128 --backends gguf`` or
+``python benchmarks/backend_overhead.py --backends onnx --lengths 64 --batch 1,4,8 --arrivals``.
 """
 
 from __future__ import annotations
@@ -103,31 +109,170 @@ def compare(name: str, ours_stream, theirs_stream, builder, lengths, repeats: in
     return rows
 
 
-def compare_batch(ours, model, folder: Path, builder, lengths, k: int, repeats: int, new_tokens: int) -> list[dict]:
-    """Batched greedy decoding of ``k`` equal-length prompts: ours vs onnxruntime-genai's, alternating."""
+def engine_batch_generate(engine, prompts: list[list[int]], new_tokens: int, clock=time.perf_counter) -> dict:
+    """Greedy-decode exactly ``new_tokens`` for every prompt as requests of one onnxruntime-genai
+    ``Engine``, all begun before its first step (EOS masked by ``min_generated_tokens``)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from distillm_edge.backends.slots import batch_timings
+
+    buffer = engine.create_event_buffer(4 * len(prompts))
+    requests = []
+    for prompt in prompts:
+        options = og.RequestOptions()
+        options.set_max_session_tokens(len(prompt) + new_tokens)  # else the cache spans the whole context
+        request = engine.create_request(options=options)
+        turn = og.TurnOptions(request)
+        turn.set_do_sample(False)
+        turn.set_max_generated_tokens(new_tokens)
+        turn.set_min_generated_tokens(new_tokens)
+        request.begin_turn(np.asarray(prompt, dtype=np.int32), turn)
+        requests.append(request)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    start, first = clock(), None
+    while engine.has_pending_requests():
+        for event in engine.run(buffer):  # events are views into the buffer: read them before the next run
+            if event.flags.value & og.EngineEventFlags.FAILED.value:
+                raise RuntimeError(f"onnxruntime-genai Engine failed: {event.error_code.name}")
+            if event.flags.value & og.EngineEventFlags.TOKEN.value:
+                tokens[next(i for i, r in enumerate(requests) if r is event.request)].append(int(event.token))
+        if first is None and all(tokens):
+            first = clock()
+    end = clock()
+    for request in requests:
+        request.close()
+    return batch_timings(tokens, new_tokens, start, first, end)
+
+
+def genai_engine(folder: Path, max_batch: int):
+    """onnxruntime-genai's ``Engine`` over the export, its static batch widened to ``max_batch`` rows."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": max_batch}}}))
+    return og.Engine(og.Model(config))
+
+
+def compare_batch(ours, model, folder: Path, builder, lengths, sizes, repeats: int, new_tokens: int) -> list[dict]:
+    """Batched greedy decoding of ``k`` equal-length prompts: ours vs genai's Generator vs genai's Engine,
+    alternating repetition by repetition."""
     from types import SimpleNamespace
 
     from distillm_edge.backends.onnx_batch import BatchDecoder, batch_generate
     from distillm_edge.bench.batch import onnx_batch_generate
 
     genai = SimpleNamespace(path=folder, _og_model=model)
+    engine = genai_engine(folder, max(sizes))
     rows = []
-    for n in lengths:
-        decoder = BatchDecoder(ours, k, n + new_tokens)
-        runs = {"ours": [], "theirs": []}
-        for rep in range(repeats + 1):
-            for who in ("ours", "theirs"):
-                prompts = [builder.prompt(n, 100 + (2 * rep + (who == "theirs")) * k + i) for i in range(k)]
-                result = (batch_generate(decoder, prompts, new_tokens) if who == "ours"
-                          else onnx_batch_generate(genai, prompts, new_tokens))
-                if rep:
-                    runs[who].append((result["prefill_s"], result["decode_tps"], k * new_tokens))
-        med = {who: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[0][2])
-               for who, rs in runs.items()}
-        rows.append({"backend": f"ONNX Runtime batch {k}", "prompt": n, "ours": med["ours"], "theirs": med["theirs"]})
-        print(f"  ONNX batch {k} @ {n}: ours prefill {1000 * med['ours'][0]:.0f} ms, {med['ours'][1]:.1f} tok/s; "
-              f"theirs prefill {1000 * med['theirs'][0]:.0f} ms, {med['theirs'][1]:.1f} tok/s", flush=True)
+    for k in sizes:
+        for n in lengths:
+            decoder = BatchDecoder(ours, k, n + new_tokens)
+            runs = {"ours": [], "generator": [], "engine": []}
+            same = True
+            for rep in range(repeats + 1):  # repetition 0 is the warm-up of all three
+                prompts = [builder.prompt(n, 100 + rep * k + i) for i in range(k)]
+                tokens = {}
+                order = list(runs)[rep % 3:] + list(runs)[: rep % 3]  # who goes first rotates: load drift hits all
+                for who in order:
+                    result = (batch_generate(decoder, prompts, new_tokens) if who == "ours" else
+                              onnx_batch_generate(genai, prompts, new_tokens) if who == "generator" else
+                              engine_batch_generate(engine, prompts, new_tokens))
+                    tokens[who] = result["tokens"]
+                    if rep:
+                        runs[who].append((result["prefill_s"], result["decode_tps"], k * new_tokens))
+                same = same and tokens["ours"] == tokens["generator"] == tokens["engine"]
+            med = {who: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[0][2])
+                   for who, rs in runs.items()}
+            for theirs in ("generator", "engine"):
+                rows.append({"backend": f"ONNX batch {k} vs genai {theirs}", "prompt": n, "ours": med["ours"],
+                             "theirs": med[theirs]})
+            print(f"  ONNX batch {k} @ {n}: " + "; ".join(
+                f"{who} prefill {1000 * m[0]:.0f} ms, {m[1]:.1f} tok/s" for who, m in med.items())
+                + f"; same greedy tokens: {'yes' if same else 'NO'}", flush=True)
     return rows
+
+
+def arrivals(ours, folder: Path, builder, n: int, new_tokens: int, late_after: int = 4) -> None:
+    """Request A (``new_tokens`` long) starts alone; B arrives once A has ``late_after`` tokens. How many
+    of A's tokens come before B's first one, and B's wait, under genai's Engine and our scheduler."""
+    import threading
+
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from distillm_edge.backends.onnx_batch import OnnxSlotScheduler
+
+    a, b = builder.prompt(n, 900), builder.prompt(n // 2, 901)
+    engine = genai_engine(folder, 4)
+    buffer = engine.create_event_buffer(16)
+    requests = {}
+
+    def begin(name, prompt, max_new):
+        request = engine.create_request()
+        turn = og.TurnOptions(request)
+        turn.set_do_sample(False)
+        turn.set_max_generated_tokens(max_new)
+        turn.set_min_generated_tokens(max_new)
+        request.begin_turn(np.asarray(prompt, dtype=np.int32), turn)
+        requests[name] = request
+
+    begin("A", a, new_tokens)
+    counts, arrived, waited = {"A": 0, "B": 0}, None, None
+    while engine.has_pending_requests() or "B" not in requests:
+        if counts["A"] == late_after and "B" not in requests:
+            begin("B", b, 8)
+            arrived, a_at_arrival = time.perf_counter(), counts["A"]
+        for event in engine.run(buffer):
+            name = next(k for k, r in requests.items() if r is event.request)
+            if event.flags.value & og.EngineEventFlags.TOKEN.value:
+                counts[name] += 1
+                if name == "B" and counts["B"] == 1:
+                    waited, a_before_b = time.perf_counter() - arrived, counts["A"] - a_at_arrival
+    print(f"  genai Engine: B arrived after {late_after} of A's {new_tokens} tokens; A emitted {a_before_b} more "
+          f"before B's first token ({1000 * waited:.0f} ms)", flush=True)
+
+    scheduler = OnnxSlotScheduler(ours, 2, n + new_tokens + 8)
+    try:
+        stream_a = scheduler.stream(a, new_tokens)
+        got_a = [next(stream_a) for _ in range(late_after)]
+        result = {}
+
+        def run_b():
+            start = time.perf_counter()
+            stream_b = scheduler.stream(b, 8)
+            next(stream_b)
+            result["waited"] = time.perf_counter() - start
+            result["a"] = len(got_a) - late_after
+            list(stream_b)
+
+        thread = threading.Thread(target=run_b)
+        thread.start()
+        for token in stream_a:
+            got_a.append(token)
+        thread.join()
+        print(f"  our OnnxSlotScheduler: A emitted {result['a']} more before B's first token "
+              f"({1000 * result['waited']:.0f} ms)", flush=True)
+    finally:
+        scheduler.close()
+
+    for what, attempt in (("a per-request seed (OpenAI 'seed')", lambda t: t.set_seed(4)),):
+        request = engine.create_request()
+        turn = og.TurnOptions(request)
+        try:
+            attempt(turn)
+            request.begin_turn(np.asarray(a, dtype=np.int32), turn)
+            print(f"  genai Engine accepts {what}")
+        except RuntimeError as exc:
+            print(f"  genai Engine refuses {what}: {exc}")
+        request.close()
+    config = og.Config(str(folder))
+    try:
+        config.overlay(json.dumps({"engine": {"dynamic_batching": {"num_blocks": 64}}}))
+        og.Engine(og.Model(config))
+        print("  genai Engine with dynamic_batching: opened")
+    except RuntimeError as exc:
+        print(f"  genai Engine with dynamic_batching refuses this export: {exc}")
 
 
 def main() -> None:
@@ -139,7 +284,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: physical cores")
     parser.add_argument("--onnx-concat", action="store_true",
                         help="also time our ONNX backend with the KV cache grown by concatenation")
-    parser.add_argument("--batch", type=int, default=0, help="also time K ONNX sequences decoded together")
+    parser.add_argument("--batch", default="", help="also time K ONNX sequences decoded together (e.g. 1,4,8)")
+    parser.add_argument("--arrivals", action="store_true",
+                        help="show a late request's wait under genai's Engine and under our ONNX scheduler")
     args = parser.parse_args()
 
     from distillm_edge.bench.machine import load_average, physical_cores
@@ -181,8 +328,10 @@ def main() -> None:
         rows += compare("ONNX Runtime", ours.stream, lambda ids, n: genai_generate(model, ids, n),
                         PromptBuilder(ours.tokenize), lengths, args.repeats, args.new_tokens)
         if args.batch:
-            rows += compare_batch(ours, model, folder, PromptBuilder(ours.tokenize), lengths, args.batch,
-                                  args.repeats, args.new_tokens)
+            rows += compare_batch(ours, model, folder, PromptBuilder(ours.tokenize), lengths,
+                                  [int(k) for k in args.batch.split(",")], args.repeats, args.new_tokens)
+        if args.arrivals:
+            arrivals(ours, folder, PromptBuilder(ours.tokenize), lengths[0], args.new_tokens)
         ours.close()
         if args.onnx_concat:
             ours = OnnxBackend(str(folder), threads=threads, share_buffer=False)

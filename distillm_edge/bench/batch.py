@@ -8,9 +8,15 @@ directly, always exactly ``new_tokens`` per row (EOS is ignored: timing needs eq
 - llama.cpp: one context with k sequences over the backend's loaded model
   (``backends/llamacpp_batch.py``, what ``serve`` runs): each prompt is prefilled, then every step
   is one ``llama_decode`` carrying the next token of all k sequences;
-- ONNX: ONNX Runtime GenAI's ``Generator`` with ``batch_size=k`` on the export directory (the
-  runtime an app ships); prompts must have equal length (bench's prompts do: exactly N tokens).
-  GenAI runs with the session options of the export's ``genai_config.json``, not ``--threads``.
+- ONNX, exports whose KV cache GroupQueryAttention updates in place (``backend.share_buffer``, what
+  our exporter writes): the batch dimension in the KV buffers of the backend's own session
+  (``backends/onnx_batch.py``, what ``serve`` runs): each prompt is prefilled alone, then every step
+  is one session run over all k rows;
+- ONNX, other exports: ONNX Runtime GenAI's ``Generator`` with ``batch_size=k`` on the export
+  directory (``onnx_batch_generate``); prompts must have equal length (bench's prompts do: exactly N
+  tokens). GenAI runs with the session options of the export's ``genai_config.json``, not
+  ``--threads``. ``benchmarks/backend_overhead.py --batch 1,4,8`` times both (and GenAI's ``Engine``)
+  side by side on one export.
 
 Test: ``pytest tests/bench/test_bench_batch.py`` (batched output == one-at-a-time greedy output).
 """
@@ -101,8 +107,19 @@ def generate_batch(kind: str, backend, prompts: Sequence[Sequence[int]], new_tok
     if kind == "gguf":
         return gguf_batch_generate(backend, prompts, new_tokens)
     if kind == "onnx":
+        if getattr(backend, "share_buffer", False):
+            return onnx_serve_batch_generate(backend, prompts, new_tokens)
         return onnx_batch_generate(backend, prompts, new_tokens)
     raise ValueError(f"no batched generation for backend kind {kind!r}: {batch_unsupported(kind)}")
+
+
+def onnx_serve_batch_generate(backend, prompts: Sequence[Sequence[int]], new_tokens: int,
+                              clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Greedy-decode ``new_tokens`` for every prompt as rows of the backend's session, as ``serve`` does."""
+    from distillm_edge.backends.onnx_batch import BatchDecoder, batch_generate
+
+    decoder = BatchDecoder(backend, len(prompts), max(len(p) for p in prompts) + new_tokens)
+    return batch_generate(decoder, prompts, new_tokens, clock=clock)
 
 
 def onnx_batch_generate(backend, prompts: Sequence[Sequence[int]], new_tokens: int,

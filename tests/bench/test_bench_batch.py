@@ -86,21 +86,35 @@ def test_gguf_batch_matches_single_streams():
 
 
 @pytest.mark.slow
-def test_onnx_genai_batch_matches_single_streams(tmp_path, tiny_llama_dir):
-    """ONNX Runtime GenAI with batch_size=k gives each prompt's one-at-a-time greedy tokens."""
+def test_onnx_batches_match_single_streams(tmp_path, tiny_llama_dir, monkeypatch):
+    """ONNX: serve's batched rows (prompts of any length) and ONNX Runtime GenAI with batch_size=k
+    (exports without shared KV buffers) give each prompt's one-at-a-time greedy tokens."""
     from distillm_edge.backends import open_backend
-    from distillm_edge.bench.batch import batch_unsupported, generate_batch
+    from distillm_edge.bench import batch
     from distillm_edge.export import ExportConfig, run
 
     art = run(ExportConfig(model=str(tiny_llama_dir), format="onnx", quant="fp32", outdir=tmp_path, verify=False)).artifact
     backend = open_backend(str(art), threads=1)
-    assert batch_unsupported("onnx", backend) == ""
+    assert batch.batch_unsupported("onnx", backend) == "" and backend.share_buffer
+    paths = []
+    monkeypatch.setattr(batch, "onnx_serve_batch_generate",
+                        lambda *a, f=batch.onnx_serve_batch_generate: paths.append("serve") or f(*a))
+    monkeypatch.setattr(batch, "onnx_batch_generate", lambda *a, f=batch.onnx_batch_generate: paths.append("genai") or f(*a))
     prompts = [[1, 50, 60, 70, 80], [1, 300, 400, 500, 600], [1, 7, 8, 9, 10]]
-    out = generate_batch("onnx", backend, prompts, 6)
-    assert len(out["tokens"]) == 3 and all(len(row) == 6 for row in out["tokens"])
-    for prompt, batched in zip(prompts, out["tokens"]):
-        single = list(backend.stream(prompt, 6))  # stops early only at EOS
+    singles = [list(backend.stream(prompt, 6)) for prompt in prompts]  # stops early only at EOS
+    uneven = [[1, 2], [1, 50, 60, 70, 80, 90, 100]]
+    for prompts_, expected in ((prompts, singles), (uneven, [list(backend.stream(p, 6)) for p in uneven])):
+        out = batch.generate_batch("onnx", backend, prompts_, 6)
+        assert len(out["tokens"]) == len(prompts_) and all(len(row) == 6 for row in out["tokens"])
+        for single, batched in zip(expected, out["tokens"], strict=True):
+            assert batched[: len(single)] == single
+        assert out["decode_tps"] > 0
+    assert paths == ["serve", "serve"]  # the path serve runs, not GenAI's
+
+    monkeypatch.setattr(backend, "share_buffer", False)  # an export serve cannot batch: GenAI's Generator
+    out = batch.generate_batch("onnx", backend, prompts, 6)
+    for single, batched in zip(singles, out["tokens"], strict=True):
         assert batched[: len(single)] == single
-    assert out["decode_tps"] > 0
+    assert paths[-1] == "genai"
     with pytest.raises(ValueError, match="equal length"):
-        generate_batch("onnx", backend, [[1, 2], [1, 2, 3]], 2)
+        batch.generate_batch("onnx", backend, [[1, 2], [1, 2, 3]], 2)
