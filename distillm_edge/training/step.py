@@ -99,12 +99,14 @@ def compute_loss(r: Run, batch: Batch, tau: float, counts: dict[str, float] | No
     """
     from distillm_edge.training.alignment import attention_loss, hidden_state_loss
     from distillm_edge.training.losses import cross_entropy_loss
+    from distillm_edge.training.packed_attention import packed_attention
     from distillm_edge.training.precision import autocast_dtype
 
     cfg, dev = r.cfg, r.accelerator.device
     counts = counts if counts is not None else batch_counts(r, batch)
     low = r.student_autocast  # the frozen Linears' bf16 copies under autocast (precision.AutocastWeights)
-    with low.active() if low is not None and autocast_dtype(dev) == low.dtype else contextlib.nullcontext():
+    with (low.active() if low is not None and autocast_dtype(dev) == low.dtype else contextlib.nullcontext(),
+          packed_attention(r.accelerator.unwrap_model(r.student), batch.position_ids)):  # attention per packed example
         out = r.student(**model_inputs(batch.input_ids, batch.attention_mask, batch.position_ids, dev),
                         logits_to_keep=batch.loss_mask.to(dev), output_hidden_states=bool(r.hidden_map) or None,
                         output_attentions=bool(r.attention_map) or None)

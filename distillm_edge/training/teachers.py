@@ -263,11 +263,14 @@ def teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: boo
 
 def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bool, attentions: bool,
                      for_eval: bool, shared_only: bool, head_low: torch.Tensor | None) -> TeacherOutput:
+    from distillm_edge.training.packed_attention import packed_attention
+
     model, dev = t.model, t.device
     extra = {"output_hidden_states": hidden or None, "output_attentions": attentions or None}
     if t.same_tokenizer:
-        out = model(**model_inputs(batch.input_ids, batch.attention_mask, batch.position_ids, dev),
-                    logits_to_keep=batch.loss_mask.to(dev), **extra)
+        with packed_attention(model, batch.position_ids):  # a packed row: attention per example
+            out = model(**model_inputs(batch.input_ids, batch.attention_mask, batch.position_ids, dev),
+                        logits_to_keep=batch.loss_mask.to(dev), **extra)
         logits = out.logits[..., :student_vocab].reshape(1, -1, student_vocab)
         nll = 0.0
         if for_eval:
@@ -278,7 +281,8 @@ def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bo
     inputs = model_inputs(view.input_ids, view.attention_mask, view.position_ids, dev)
     if shared_only and not for_eval and t.shared_head is not None:
         base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        out = base(**inputs, **extra)
+        with packed_attention(model, view.position_ids):
+            out = base(**inputs, **extra)
         rows = out.last_hidden_state[keep.to(dev)]
         head = head_low if head_low is not None else t.shared_head.to(rows.dtype)
         logits = (rows @ head.T).unsqueeze(0)
@@ -286,7 +290,8 @@ def _teacher_forward(t: Teacher, batch: Batch, *, student_vocab: int, hidden: bo
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return TeacherOutput(logits, out.hidden_states, out.attentions, 0.0, shared_only=True)
-    out = model(**inputs, logits_to_keep=keep.to(dev), **extra)
+    with packed_attention(model, view.position_ids):
+        out = model(**inputs, logits_to_keep=keep.to(dev), **extra)
     logits = out.logits.reshape(1, -1, out.logits.shape[-1])
     nll = 0.0
     if for_eval and view.targets.numel():
