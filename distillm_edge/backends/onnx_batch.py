@@ -24,7 +24,35 @@ Prompts are never batched with other sequences (GQA takes batch 1 for a prompt a
 sequence's logits do not depend on what else runs: the tests compare batched tokens and logits with
 ``OnnxBackend.stream`` one sequence at a time.
 
-Test: ``pytest tests/backends/test_onnx_batch.py``.
+Why we batch ourselves instead of using onnxruntime-genai's batching (checked with onnxruntime-genai
+0.18.0 and onnxruntime 1.32.0 on CPU, on our SmolLM2-135M int4 export, 2026-11-30):
+
+- ``og.Engine`` (requests, turns, ``Engine.run``) has two schedulers. Its *dynamic* batching
+  (continuous: a request joins or leaves between steps) needs a paged KV cache, i.e. a graph built
+  with ``PagedAttention``, which the model builder emits only for CUDA fp16/bf16 or WebGPU fp16
+  (``models/builders/base.py``: "PagedAttention (use_paged_attention=true) requires CUDA ..."); on our
+  CPU export ``engine.dynamic_batching`` fails with "Paged cache input must have rank four and a
+  static physical head width: past_key_values.0.key". What CPU gets is its *static* batching: the
+  requests waiting when a batch starts run together in one contiguous KV allocation until the last
+  of them ends ("a row cannot be released independently from its shared contiguous cache
+  allocation"). A request arriving while a batch decodes waits for that whole batch, finished rows
+  included: A decoding 64 tokens, B arriving after A's 4th token: under the Engine B's first token
+  came after all 60 of A's remaining tokens (2.6 s), under :class:`OnnxSlotScheduler` after 2 (0.39
+  s). For a server, one long answer would hold every later request for its whole length. The static
+  Engine also refuses a per-request seed ("A per-turn seed requires an Engine configured for dynamic
+  batching"), so OpenAI's ``seed`` could not be honoured. It does give the same greedy tokens,
+  honours ``Request.cancel_turn`` and per-request temperature / top-p / max tokens. Its decode at 8
+  rows was 1.5-1.8x ours in three runs under load 4-6 on 2 cores; with ONNX Runtime's thread
+  spinning turned off in our session (``session.intra_op.allow_spinning=0``) ours matched it (69 vs
+  68 ms per step, same run), so the gap is the session's spinning under contention, not the batching.
+- ``og.Generator`` with ``batch_size=k`` takes its k prompts once ("AppendTokens can only be called
+  once for batch_size > 1"; ``rewind_to`` only to 0): no sequence can join or leave a running batch.
+
+Reproduce (prints the late request's wait, the refusals, and the three batch paths side by side)::
+
+    python benchmarks/backend_overhead.py --backends onnx --lengths 64 --batch 1,4,8 --arrivals
+
+Test: ``pytest tests/backends/test_onnx_batch.py tests/serve/test_onnx_serve.py``.
 """
 
 from __future__ import annotations
