@@ -203,6 +203,8 @@ def arrivals(ours, folder: Path, builder, n: int, new_tokens: int, late_after: i
 
     from distillm_edge.backends.onnx_batch import OnnxSlotScheduler
 
+    if new_tokens <= late_after:
+        raise SystemExit(f"--arrivals needs --new-tokens above {late_after} (B arrives after A's {late_after}th token)")
     a, b = builder.prompt(n, 900), builder.prompt(n // 2, 901)
     engine = genai_engine(folder, 4)
     buffer = engine.create_event_buffer(16)
