@@ -243,6 +243,9 @@ class TrainConfig:
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"  # adamw_8bit: bitsandbytes' 8-bit states (GPU)
     seed: int = 0
     threads: int = 0  # torch CPU threads (0: torch's default)
+    # CPU, one process: a step's micro-batches run in this many threads at once, each with its share of the torch
+    # threads (0: auto, one per torch thread up to grad_accum; 1: one after another). Same losses: training/step.py
+    micro_batch_threads: int = 0
     out: str | None = None  # run directory; null: runs/train-<timestamp>
     save_every: int = 10  # optimizer steps between checkpoints (0: only at the end)
     log_every: int = 1
@@ -276,8 +279,9 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio {self.min_lr_ratio}: must be in [0, 1].")
         if (self.warmup_steps < 0 or self.save_every < 0 or self.eval_examples < 0 or self.threads < 0
-                or self.real_eval_examples < 0):
-            raise ConfigError("warmup_steps, save_every, eval_examples, real_eval_examples and threads must be >= 0.")
+                or self.real_eval_examples < 0 or self.micro_batch_threads < 0):
+            raise ConfigError("warmup_steps, save_every, eval_examples, real_eval_examples, threads and "
+                              "micro_batch_threads must be >= 0.")
         if self.divergence == "jsd" and not 0.0 <= self.jsd_beta <= 1.0:
             raise ConfigError(f"jsd_beta {self.jsd_beta}: must be in [0, 1].")
         if self.divergence.startswith("skew") and not 0.0 <= self.skew <= 1.0:

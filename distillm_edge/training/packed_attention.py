@@ -24,11 +24,14 @@ Benchmark: ``python benchmarks/train_step.py --sections default``.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
 
 NAME = "distillm_packed_sdpa"
+_LOCK = threading.Lock()
+_USERS: dict[int, int] = {}  # id(model) -> forwards inside packed_attention now (micro-batch threads share models)
 
 
 def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -77,12 +80,23 @@ def packed_attention(model: torch.nn.Module, position_ids: torch.Tensor | None) 
     """Inside, ``model`` (a transformers ``PreTrainedModel``) attends per packed example (:data:`NAME`) when
     ``position_ids`` is given (a packed row) and its attention is ``sdpa``; otherwise nothing changes."""
     config = getattr(model, "config", None)
-    if position_ids is None or config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+    with _LOCK:  # micro-batch threads (step.accumulate) share the models: the first in switches, the last out restores
+        users = _USERS.get(id(model), 0)
+        switch = position_ids is not None and config is not None and (
+            users > 0 or getattr(config, "_attn_implementation", None) == "sdpa")
+        if switch:
+            if users == 0:
+                register()
+                model.set_attn_implementation(NAME)
+            _USERS[id(model)] = users + 1
+    if not switch:
         yield
         return
-    register()
-    model.set_attn_implementation(NAME)
     try:
         yield
     finally:
-        model.set_attn_implementation("sdpa")
+        with _LOCK:
+            _USERS[id(model)] -= 1
+            if _USERS[id(model)] == 0:
+                del _USERS[id(model)]
+                model.set_attn_implementation("sdpa")

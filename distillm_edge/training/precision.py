@@ -33,6 +33,7 @@ Test: ``pytest tests/training/test_train_precision.py``.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -94,6 +95,7 @@ class AutocastWeights:
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16, *, frozen_only: bool = False):
         self.dtype = dtype
+        self._lock, self._depth = threading.Lock(), 0  # nested or concurrent users (micro-batch threads): swap once
         self.pairs = [(m, m.weight, torch.nn.Parameter(m.weight.detach().to(dtype), requires_grad=False))
                       for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
                       and not (frozen_only and m.weight.requires_grad)]
@@ -104,13 +106,21 @@ class AutocastWeights:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        for m, _, low in self.pairs:
-            m.weight = low
+        """The low-precision copies in place while any thread is inside (the first one in swaps, the last one out
+        restores: ``step.accumulate`` may run micro-batches in threads at once)."""
+        with self._lock:
+            if self._depth == 0:
+                for m, _, low in self.pairs:
+                    m.weight = low
+            self._depth += 1
         try:
             yield
         finally:
-            for m, full, _ in self.pairs:
-                m.weight = full
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    for m, full, _ in self.pairs:
+                        m.weight = full
 
 
 def autocast_dtype(device: torch.device | str) -> torch.dtype | None:

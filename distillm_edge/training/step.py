@@ -233,24 +233,87 @@ def accumulate(r: Run, batches: list[Batch], tau: float) -> tuple[dict[str, floa
     """Forward + backward over one optimizer step's micro-batches (gradients left in ``.grad``).
 
     Returns (the step's loss parts: this process's share of the step's means, to be summed over
-    processes; counted target tokens; input tokens).
+    processes; counted target tokens; input tokens). With :func:`micro_batch_threads` > 1 the
+    micro-batches run in that many threads at once (:func:`_accumulate_threads`).
     """
     acc, n = r.accelerator, len(batches)
     counts = step_counts(r, batches)
-    scale = float(acc.num_processes)  # DDP averages gradients over processes; the losses are shares of one sum
+    workers = micro_batch_threads(r, n)
+    if workers > 1:
+        results = _accumulate_threads(r, batches, tau, counts, workers)
+    else:
+        scale = float(acc.num_processes)  # DDP averages gradients over processes; the losses are shares of one sum
+        results = []
+        with acc.autocast():  # one region for the whole step: autocast casts each trainable weight once (precision.py)
+            for a, batch in enumerate(batches):
+                with contextlib.nullcontext() if a == n - 1 else acc.no_sync(r.student):  # DDP syncs on the last
+                    parts = compute_loss(r, batch, tau, counts)
+                    acc.backward(parts["loss"] * scale if scale != 1.0 else parts["loss"])
+                results.append({k: float(v.detach()) for k, v in parts.items()})
     sums: dict[str, float] = {}
-    tokens = seen = 0
-    with acc.autocast():  # one region for the whole step: autocast casts each trainable weight once (precision.py)
-        for a, batch in enumerate(batches):
-            sync = a == n - 1
-            with contextlib.nullcontext() if sync else acc.no_sync(r.student):
-                parts = compute_loss(r, batch, tau, counts)
-                acc.backward(parts["loss"] * scale if scale != 1.0 else parts["loss"])
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            tokens += batch.tokens
-            seen += int(batch.attention_mask.sum())
+    for parts in results:  # in micro-batch order: the same sums whichever thread ran what
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+    tokens = sum(batch.tokens for batch in batches)
+    seen = sum(int(batch.attention_mask.sum()) for batch in batches)
     return sums, tokens, seen
+
+
+def micro_batch_threads(r: Run, n: int) -> int:
+    """How many of a step's ``n`` micro-batches run at once, each in its own thread (1: one after another).
+
+    ``micro_batch_threads: 0`` (auto): one per torch thread, up to ``n``, on a CPU run of one process;
+    DDP (``no_sync`` per micro-batch) and GPUs keep one at a time.
+    """
+    acc, wanted = r.accelerator, r.cfg.micro_batch_threads
+    if acc.num_processes > 1 or acc.device.type != "cpu" or n < 2:
+        return 1
+    return min(n, wanted if wanted else torch.get_num_threads())
+
+
+def _accumulate_threads(r: Run, batches: list[Batch], tau: float, counts: dict[str, float],
+                        workers: int) -> list[dict[str, float]]:
+    """The micro-batches of one step in ``workers`` threads at once, each with ``1/workers`` of the torch threads.
+
+    On a small CPU one intra-op thread per micro-batch beats all threads per op: the many small kernels of a
+    step (norms, activations, losses over rows) scale poorly across threads, and torch releases the GIL
+    inside its ops. The math is that of :func:`accumulate`'s loop: the same losses per micro-batch, whose
+    gradients add into ``.grad`` (autograd accumulates them under a lock; with two micro-batches the sum is
+    the same either way round). Shared state is guarded: the teachers' and student's pre-cast weights
+    (``precision.AutocastWeights``) and the packed-row attention switch (``packed_attention``) are
+    reference-counted. Autocast, inference mode and grad mode are per thread, so each thread enters them.
+    The calling thread runs micro-batch 0, 0 + workers, ...; a failure or Ctrl-C waits for the other
+    threads before it propagates (no gradient lands after the caller has moved on).
+    """
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    acc = r.accelerator
+    total = torch.get_num_threads()
+    per = max(1, total // workers)
+
+    def run(indices: list[int]) -> list[tuple[int, dict[str, float]]]:
+        torch.set_num_threads(per)  # this thread's own OpenMP team size
+        out = []
+        with acc.autocast():
+            for a in indices:
+                parts = compute_loss(r, batches[a], tau, counts)
+                acc.backward(parts["loss"])
+                out.append((a, {k: float(v.detach()) for k, v in parts.items()}))
+        return out
+
+    groups = [list(range(w, len(batches), workers)) for w in range(workers)]
+    pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="micro-batch")
+    futures = [pool.submit(run, g) for g in groups[1:]]
+    try:
+        mine = run(groups[0])
+        results = dict(mine)
+        for f in futures:
+            results.update(f.result())
+    finally:
+        wait(futures)
+        pool.shutdown()
+        torch.set_num_threads(total)
+    return [results[a] for a in range(len(batches))]
 
 
 def step_batches(r: Run, micro: int, world: int, rank: int, pads: dict[int, int], student_pad: int) -> list[Batch]:
