@@ -94,14 +94,21 @@ def sequence_flops(shape: ModelShape, length: int, *, head_rows: int | None = No
     return per(shape, length, head_rows=rows / max(1, length)) * length
 
 
-def measure_peak(dtype: torch.dtype = torch.float32, *, size: int = 1024, repeats: int = 5, min_seconds: float = 0.2) -> float:
+def measure_peak(dtype: torch.dtype = torch.float32, *, size: int | None = None, repeats: int = 5,
+                 min_seconds: float = 0.2, device: str | torch.device = "cpu") -> float:
     """Matmul FLOP/s of this machine in ``dtype`` with torch's current threads: median over ``repeats`` timings.
 
-    Each timing runs ``n×n @ n×n`` until ``min_seconds`` pass (after one warm-up call).
+    Each timing runs ``n×n @ n×n`` until ``min_seconds`` pass (after one warm-up call). ``size``
+    defaults to 1024 on the CPU and 8192 on a GPU, where a 1024³ product is too short to fill the
+    chip; GPU timings wait for the device (``synchronize``) before reading the clock.
     """
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    torch.mm(a, b)  # warm-up: oneDNN kernel selection, page faults
+    device = torch.device(device)
+    size = size or (1024 if device.type == "cpu" else 8192)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.mm(a, b)  # warm-up: oneDNN / cuBLAS kernel selection, page faults
+    sync()
     flops = 2.0 * size**3
     rates = []
     for _ in range(repeats):
@@ -109,6 +116,7 @@ def measure_peak(dtype: torch.dtype = torch.float32, *, size: int = 1024, repeat
         while True:
             torch.mm(a, b)
             n += 1
+            sync()
             elapsed = time.perf_counter() - start
             if elapsed >= min_seconds:
                 break

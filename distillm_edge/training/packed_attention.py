@@ -75,6 +75,19 @@ def register() -> None:
         AttentionInterface.register(NAME, packed_sdpa_attention)
 
 
+def per_example_pays(model: torch.nn.Module) -> bool:
+    """Whether ``model`` should attend per packed example: on the CPU (whose kernels pay for the masked
+    square), and not under gradient checkpointing, whose recomputation in backward runs outside this
+    switch and would save other tensors than the forward did (``CheckpointError``;
+    ``tests/training/test_checkpointing.py``). On a GPU the masked ``sdpa`` kernel stays: a lent H200
+    (``benchmarks/gpu_check.py``) trained the packed default shape ~7x slower after this path came in
+    (not isolated from the other changes of that run, but the per-example loop reads the row's
+    boundaries back from the device in every layer)."""
+    param = next(model.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    return on_cpu and not getattr(model, "is_activation_checkpointing", False)
+
+
 @contextlib.contextmanager
 def packed_attention(model: torch.nn.Module, position_ids: torch.Tensor | None) -> Iterator[None]:
     """Inside, ``model`` (a transformers ``PreTrainedModel``) attends per packed example (:data:`NAME`) when
@@ -83,7 +96,7 @@ def packed_attention(model: torch.nn.Module, position_ids: torch.Tensor | None) 
     with _LOCK:  # micro-batch threads (step.accumulate) share the models: the first in switches, the last out restores
         users = _USERS.get(id(model), 0)
         switch = position_ids is not None and config is not None and (
-            users > 0 or getattr(config, "_attn_implementation", None) == "sdpa")
+            users > 0 or (getattr(config, "_attn_implementation", None) == "sdpa" and per_example_pays(model)))
         if switch:
             if users == 0:
                 register()
