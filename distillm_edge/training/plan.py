@@ -70,6 +70,7 @@ class ModelCounts:
     head_dim: int
     intermediate: int
     lora_dims: dict[str, int] = field(default_factory=dict)  # Linear name -> sum of (in + out) over layers
+    lora_inputs: dict[str, int] = field(default_factory=dict)  # Linear name -> sum of in_features over layers
 
     def lora_params(self, r: int, targets: tuple[str, ...]) -> int:
         return r * sum(self.lora_dims.get(t, 0) for t in targets)
@@ -155,6 +156,7 @@ def count_model(config, name: str = "", layers: list[int] | None = None) -> Mode
     tied = head is None or head is embedding
     linear = rows = vision = 0
     dims: dict[str, int] = {}
+    inputs: dict[str, int] = {}
     for mod_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and module is not head_module:
             linear += module.weight.numel()
@@ -162,6 +164,7 @@ def count_model(config, name: str = "", layers: list[int] | None = None) -> Mode
             short = mod_name.rsplit(".", 1)[-1]
             if "vision" not in mod_name and "multi_modal" not in mod_name:
                 dims[short] = dims.get(short, 0) + module.in_features + module.out_features
+                inputs[short] = inputs.get(short, 0) + module.in_features
     for p_name, p in model.named_parameters():
         if "vision_tower" in p_name or "multi_modal_projector" in p_name:
             vision += p.numel()
@@ -174,7 +177,7 @@ def count_model(config, name: str = "", layers: list[int] | None = None) -> Mode
         vision=vision, vocab=text.vocab_size, hidden=text.hidden_size, layers=text.num_hidden_layers,
         heads=heads, kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-        intermediate=text.intermediate_size, lora_dims=dims)
+        intermediate=text.intermediate_size, lora_dims=dims, lora_inputs=inputs)
 
 
 def model_counts(cfg: TrainConfig) -> dict[str, ModelCounts]:
@@ -298,7 +301,11 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
     full_ft = lora_r is None
     weight_bytes = 2 if setup.lora_r else _BYTES[cfg.student.dtype]  # a suggested LoRA keeps a bf16 base
     master = full_ft and weight_bytes < 4  # the trainer keeps fp32 master weights of a bf16 student
-    residual = 4 if (master or weight_bytes == 4) else weight_bytes
+    # QLoRA: peft's prepare_model_for_kbit_training upcasts every weight bitsandbytes left unquantized
+    # (embeddings, norms, the head) to fp32, so the residual stream runs in fp32 and each quantized
+    # Linear casts its output back to it (measured on an H200: benchmarks/gpu_check.py, qlora cases)
+    qlora = cfg.student.quantization == "nf4" or setup.qlora
+    residual = 4 if (master or weight_bytes == 4 or qlora) else weight_bytes
     procs = setup.processes
     if procs > 1:  # every rank is alike: its own student shard or replica and its own teachers
         devices = [DevicePlan(f"each of {procs} GPUs", setup.memory)]
@@ -329,8 +336,9 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
         else:
             devices[where].add(label, teacher_weight_bytes(c, tc.dtype, tc.quantization))
     # student weights and training state
-    if cfg.student.quantization == "nf4" or setup.qlora:
-        student_dev.add("student weights (NF4 base)", teacher_weight_bytes(s, cfg.student.dtype, "nf4") / shard_weights)
+    if qlora:
+        student_dev.add("student weights (NF4 base; embeddings and norms upcast to fp32 by peft)",
+                        teacher_weight_bytes(s, "float32", "nf4") / shard_weights)
     else:
         student_dev.add(f"student weights ({cfg.student.dtype if not master else 'fp32 master'})",
                         s.params * (4 if master else weight_bytes) / shard_weights)
@@ -352,6 +360,8 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
                 extra += t.vocab * rank + rank * s.vocab + rank + s.vocab
     grad_bytes = 4 if (master or weight_bytes == 4 or not full_ft) else weight_bytes
     state_bytes = 2 if setup.optimizer == "adamw_8bit" else 8
+    if not full_ft:
+        student_dev.add(f"LoRA adapters (r={lora_r}, fp32)", trainable * 4 / shard_weights)
     if extra:
         student_dev.add("alignment/vocabulary projections (fp32 weights)", extra * 4 / shard_weights)
     student_dev.add(f"gradients ({trainable / 1e6:,.1f}M trainable{' + projections' if extra else ''})",
@@ -372,7 +382,15 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
     act_ckpt = student_activations(s, batch, seq, checkpointing=True, **act_kwargs)
     student_dev.add(f"activations ({batch} x {seq} tokens{', eager attention' if eager else ''}"
                     f"{', checkpointed' if setup.checkpointing else ''})", act_ckpt if setup.checkpointing else act_full)
-    if amp and residual == 4:
+    if amp and residual == 4 and not full_ft and qlora:  # bitsandbytes' NF4 Linears cast nothing; the fp32 head
+        student_dev.add("bf16 copy of the fp32 head (precision.AutocastWeights)",
+                        (s.head or s.embedding) * compute / shard_weights)
+        dropout = cfg.lora.dropout if cfg.lora is not None else 0.05
+        adapter_inputs = sum(s.lora_inputs.get(t, 0) for t in lora_targets)  # over layers
+        per_token = adapter_inputs * (compute + (1 if dropout > 0 else 0))  # bf16 cast of the fp32 input, dropout mask
+        student_dev.add(f"LoRA adapter inputs (bf16 casts{' + dropout masks' if dropout > 0 else ''})",
+                        per_token * n_rows / (s.layers if setup.checkpointing else 1))
+    elif amp and residual == 4:
         student_dev.add("bf16 weight copies made by autocast (kept for backward)",
                         (s.linear + s.head + (s.embedding if s.head == 0 else 0)) * compute / shard_weights)
     # logits and loss buffers on the student's device
