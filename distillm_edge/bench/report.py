@@ -192,7 +192,8 @@ def markdown(result: dict) -> str:
         "- bound tok/s = bandwidth / bytes read per token; roofline = decode tok/s / bound. Bytes per token:",
         *rules,
         "- b1/b4/b8 tok/s: batched greedy decode tokens/s (all rows together, EOS ignored) after the batch prefill "
-        "(llama.cpp: k sequences in one context); "
+        "(llama.cpp: k sequences in one context; ONNX: k rows of one session's KV buffers, as serve runs them, "
+        "or GenAI's batched Generator for exports without shared buffers); "
         + (f"median of {cfg['repeats']} timed runs after {cfg['warmup']} warm-up."
            if cfg.get("batch_repeats") is None else
            f"{cfg['batch_repeats']} timed run(s), no batch warm-up (the single-stream runs warmed the model)."),
