@@ -48,10 +48,12 @@ Public API::
         ...
     backend.info.dtype  # "fp32" | "int8" | "int4" (read from the graph's MatMulNBits nodes)
     backend.share_buffer  # True: stream's KV cache is updated in place (see above)
+    backend.window_capacity  # {layer: rows} for sliding-window layers (Gemma-3), else {}
 
 Several sequences in one session run: ``backends/onnx_batch.py`` (what ``serve`` uses).
 
-Test: ``pytest tests/backends/test_onnx_backend.py``.
+Test: ``pytest tests/backends/test_onnx_backend.py`` (sliding-window layers:
+``tests/export/test_onnx_gemma3.py``).
 """
 
 from __future__ import annotations

@@ -110,11 +110,14 @@ def _og_greedy(onnx_dir, ids, n) -> list[int]:
 
     model = og.Model(str(onnx_dir))
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + n)  # stops at EOS
+    # onnxruntime-genai 0.18 sizes a sliding-window layer's cache min(max_length, ...) and GQA rejects
+    # a capacity below the window, so max_length must reach the window (our backend has no such limit)
+    window = json.loads((onnx_dir / "genai_config.json").read_text())["model"]["decoder"]["sliding_window"]["window_size"]
+    params.set_search_options(do_sample=False, max_length=max(len(ids) + n, window))  # stops at EOS
     generator = og.Generator(model, params)
     generator.append_tokens(list(ids))
     out = []
-    while not generator.is_done():
+    while not generator.is_done() and len(out) < n:
         generator.generate_next_token()
         out.append(int(generator.get_next_tokens()[0]))
     return out[:n]
@@ -214,17 +217,17 @@ def test_embedded_gemma3_270m(tmp_path_factory, gemma_dir):
     out.mkdir()
     build_onnx(gemma_dir, out, "fp32", config["num_hidden_layers"])
     backend = OnnxBackend(str(out), threads=2)
-    assert backend.share_buffer and len(backend.window_capacity) == 15
+    assert backend.share_buffer and sorted(set(range(18)) - set(backend.window_capacity)) == [5, 11, 17]  # global
     text = (gemma_dir / "config.json").read_text() * 3
     ids = backend.tokenize(text)[:700]
     assert len(ids) == 700
     ref = _hf_logprobs(gemma_dir, ids)
     whole = backend.next_token_logprobs(ids)
-    assert np.abs(whole - ref).max() < 2e-3
+    assert np.abs(whole - ref).max() < 1e-3  # measured 1.5e-4
     assert (whole.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
     prompt = 500
     steps = _stepwise(backend, ids, prompt, shared=True)
-    assert np.abs(steps - ref[prompt - 1:]).max() < 2e-3
+    assert np.abs(steps - ref[prompt - 1:]).max() < 1e-3
     prompt_ids = backend.chat_ids([{"role": "user", "content": "What is a normal adult resting heart rate?"}])
     ours = list(backend.stream(prompt_ids, max_new_tokens=40))
     assert ours == _hf_greedy(gemma_dir, prompt_ids, 40)
