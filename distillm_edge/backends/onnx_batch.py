@@ -81,8 +81,11 @@ class BatchDecoder:
         self.backend = backend
         self.n_seq = n_seq
         self.n_ctx_per_seq = min(n_ctx_per_seq, backend.context_length or n_ctx_per_seq)
-        shape = (n_seq, backend.kv_heads, self.n_ctx_per_seq, backend.head_size)
-        self.cache = [np.zeros(shape, dtype=backend._kv_dtype) for _ in range(2 * backend.num_layers)]
+        # a sliding-window layer (Gemma-3) needs at least its window's rows, whatever the row's context
+        windows = getattr(backend, "window_capacity", {})
+        self.cache = [np.zeros((n_seq, backend.kv_heads, max(self.n_ctx_per_seq, windows.get(layer, 0)),
+                                backend.head_size), dtype=backend._kv_dtype)
+                      for layer in range(backend.num_layers) for _ in range(2)]
         self.lengths = [0] * n_seq  # valid positions in each row
         self._bindings: dict[int, tuple] = {}  # batch k -> (binding over rows 0..k-1, its logits buffer)
 

@@ -248,3 +248,28 @@ def test_scaled_rope_is_refused_before_the_builder_runs(tmp_path, rope):
         check_supported(Checkpoint(tmp_path, config, {}), "onnx")
     config.pop("rope_parameters", None), config.pop("rope_scaling", None)
     check_supported(Checkpoint(tmp_path, config, {}), "onnx")  # default RoPE: offered
+
+
+def test_batched_rows_keep_the_window_when_the_context_is_shorter(tiny_gemma3_onnx):
+    """serve's ``BatchDecoder`` with a per-row context below the sliding window: the local layers still get
+    their window's rows (GroupQueryAttention refuses less), and batched rows equal each sequence alone."""
+    from distillm_edge.backends.onnx_backend import OnnxBackend
+    from distillm_edge.backends.onnx_batch import BatchDecoder
+
+    backend = OnnxBackend(str(tiny_gemma3_onnx), threads=1)
+    try:
+        prompts, steps = [[5, 17, 300, 41, 9], [7, 8, 9, 1000, 23, 42, 64]], 4
+        decoder = BatchDecoder(backend, 2, WINDOW - 4)
+        rows = {i: [decoder.prefill(i, p)] for i, p in enumerate(prompts)}
+        for _ in range(steps - 1):
+            out = decoder.decode([int(rows[i][-1].argmax()) for i in range(2)])
+            for i in range(2):
+                rows[i].append(out[i])
+        for i, p in enumerate(prompts):
+            gen = backend._shared_steps(p, len(p) + steps)
+            alone = [np.array(next(gen))]
+            for _ in range(steps - 1):
+                alone.append(np.array(gen.send(int(alone[-1].argmax()))))
+            np.testing.assert_allclose(np.stack(rows[i]), np.stack(alone), atol=1e-4, err_msg=f"prompt {i}")
+    finally:
+        backend.close()
