@@ -6,10 +6,12 @@ the student, padding not counted) and MFU (``training/mfu.py``: model FLOPs of t
 training step and the teachers' forward passes, over the measured peak of the dtype the step
 runs in):
 
-- ``default``: the ``tiny-cpu`` step through the real trainer (``step.step_batches`` + ``step.accumulate``) on
-  ``--default-examples`` examples of its plan, as the issue measured it (fp32, batch 1) and as it runs now: bf16
-  autocast with autocast's per-call weight casts, with the weights cast once (``precision.AutocastWeights``, one
-  autocast region per step), and packed into rows of ``--max-tokens-per-batch`` (``packing: true``, the default);
+- ``default``: the ``tiny-cpu`` step through the real trainer (``step.step_batches`` + ``step.accumulate`` + AdamW)
+  on ``--default-examples`` examples of its plan, as the issue measured it (fp32, batch 1, one optimizer step) and
+  the bf16 steps that led to today's default: weights cast once (``precision.AutocastWeights``), packed into rows
+  of ``--max-tokens-per-batch`` with transformers' masked rows (``grad_accum`` rows per optimizer step), attention
+  per packed example (``training/packed_attention.py``), and the step's micro-batches in threads at once
+  (``micro_batch_threads`` auto: the default);
 - ``trainer``: the ``tiny-cpu`` run built by ``trainer.setup`` (SmolLM2 + Gemma-3 teachers, the
   15-layer student); a full step (``step.compute_loss``, backward, AdamW) of: supervised (CE only),
   + smollm2, + smollm2 + gemma (shared-vocabulary KL, the default), + ULD 0.5;
@@ -265,10 +267,12 @@ def main() -> None:
 
 
 def section_default(args, peaks) -> None:
-    """The default recipe's step through the real trainer: the issue-time fp32 step, bf16 autocast with autocast's
-    per-call weight casts, with weights cast once (precision.AutocastWeights), and packed rows (packing: true)."""
+    """The default recipe's step through the real trainer: the issue-time fp32 step (batch 1) side by side with the
+    bf16 steps that led to today's default (weights cast once, packed rows, attention per packed example, micro-batches
+    in threads)."""
     import dataclasses
 
+    from distillm_edge.training import packed_attention as attention
     from distillm_edge.training import step as train_step
     from distillm_edge.training import trainer
     from distillm_edge.training.config import resolve_config
@@ -278,53 +282,83 @@ def section_default(args, peaks) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = resolve_config("tiny-cpu", overrides={
             "out": f"{tmp}/run", "eval_examples": 0, "progress": False, "tensorboard": False, "threads": args.threads,
-            "max_steps": 1, "grad_accum": 1, "packing": False, "precision": "bf16"})
+            "max_steps": 1, "packing": False, "precision": "bf16"})
         r = trainer.setup(cfg)
         r.log.close()
+    accum = cfg.grad_accum  # the recipe's micro-batches per optimizer step (packed rows)
     pads = {t.index: t.pad_id for t in r.teachers if not t.same_tokenizer}
     spad = pad_id(r.tokenizer)
     order = [b[0] for b in r.plan[: args.default_examples]]
     lengths = [len(e.student.ids) for e in r.train_examples]
     tokens = sum(lengths[i] for i in order)
     low = (r.student_autocast, [t.autocast_weights for t in r.teachers])
+    per_example = attention.packed_attention
     r.student.train()
 
-    def variant(plan, *, packing: bool, autocast: bool, cast_once: bool):
+    def masked(model, position_ids):  # transformers' block-diagonal mask over the whole packed row (before)
+        return contextlib.nullcontext()
+
+    def variant(plan, *, packing: bool, autocast: bool, cast_once: bool, per_row: bool = False, threads: int = 1,
+                step_rows: int | None = None):
+        """``step_rows``: micro-batches per optimizer step (None: the whole plan in one step, as the issue measured)."""
+        steps = [plan] if step_rows is None else [plan[i : i + step_rows] for i in range(0, len(plan), step_rows)]
+
         def go():
-            r.cfg = dataclasses.replace(cfg, packing=packing, grad_accum=len(plan), max_tokens_per_batch=10**6)
-            r.plan = plan
+            attention.packed_attention = per_example if per_row else masked
             r.student_autocast = low[0] if cast_once else None
             for t, w in zip(r.teachers, low[1], strict=True):
                 t.autocast_weights = w if cast_once else None
-            batches = train_step.step_batches(r, 0, 1, 0, pads, spad)
-            if autocast:
-                train_step.accumulate(r, batches, 2.0)
-            else:  # fp32: the same losses with autocast off
-                counts = train_step.step_counts(r, batches)
-                for b in batches:
-                    train_step.compute_loss(r, b, 2.0, counts)["loss"].backward()
-            r.optimizer.step()
-            r.optimizer.zero_grad(set_to_none=True)
-            return batches
+            out = []
+            try:
+                for part in steps:
+                    r.cfg = dataclasses.replace(cfg, packing=packing, grad_accum=len(part), max_tokens_per_batch=10**6,
+                                                micro_batch_threads=threads)
+                    r.plan = part
+                    batches = train_step.step_batches(r, 0, 1, 0, pads, spad)
+                    if autocast:
+                        train_step.accumulate(r, batches, 2.0)
+                    else:  # fp32: the same losses with autocast off
+                        counts = train_step.step_counts(r, batches)
+                        for b in batches:
+                            train_step.compute_loss(r, b, 2.0, counts)["loss"].backward()
+                    r.optimizer.step()
+                    r.optimizer.zero_grad(set_to_none=True)
+                    out += batches
+            finally:
+                attention.packed_attention = per_example
+            return out
         return go
 
     singles = [[i] for i in order]
     packs = pack_order(order, lengths, args.max_tokens_per_batch)
+    fp32 = "fp32, batch 1 (the issue's default)"
+    before = f"bf16, cast once, packed <= {args.max_tokens_per_batch}, masked rows"
+    default = "+ micro-batches in threads (default)"
     variants = {
-        "fp32, batch 1 (the issue's default)": variant(singles, packing=False, autocast=False, cast_once=False),
-        "bf16 autocast, per-call weight casts": variant(singles, packing=False, autocast=True, cast_once=False),
-        "bf16, weights cast once": variant(singles, packing=False, autocast=True, cast_once=True),
-        f"bf16, cast once, packed <= {args.max_tokens_per_batch} (default)": variant(packs, packing=True, autocast=True,
-                                                                                     cast_once=True),
+        fp32: variant(singles, packing=False, autocast=False, cast_once=False),
+        "bf16, weights cast once, batch 1": variant(singles, packing=False, autocast=True, cast_once=True),
+        before: variant(packs, packing=True, autocast=True, cast_once=True, step_rows=accum),
+        "+ attention per packed example": variant(packs, packing=True, autocast=True, cast_once=True, per_row=True,
+                                                  step_rows=accum),
+        default: variant(packs, packing=True, autocast=True, cast_once=True, per_row=True, threads=0, step_rows=accum),
     }
     flops = {name: train_step.step_flops(fn(), *r.flop_shapes) for name, fn in variants.items()}  # also the warm-up
     secs = timed(variants, args.repeats, peaks)
-    fp32 = "fp32, batch 1 (the issue's default)"
     table(f"default: the tiny-cpu step through the trainer (SmolLM2 + Gemma-3 teachers, 15-layer student), "
-          f"{len(order)} examples ({tokens} tokens; packed: {len(packs)} rows)",
+          f"{len(order)} examples ({tokens} tokens; packed: {len(packs)} rows, {accum} per optimizer step)",
           [(name, tokens, secs[name], flops[name], peaks["fp32" if name == fp32 else "bf16"]) for name in variants], fp32)
+    print(f"default vs the issue's default: {secs[fp32] / secs[default]:.2f}x tokens/s; vs {before}: "
+          f"{secs[before] / secs[default]:.2f}x (medians of {args.repeats}, interleaved)")
     print("(MFU: model FLOPs of the student's step and both teachers' forward passes, each example as if run alone, "
-          "against the peak of the row's own dtype timed in the same rounds)")
+          "against the peak of the row's own dtype timed in the same rounds; threads: micro_batch_threads auto = "
+          f"{min(accum, torch_threads())} threads of {max(1, torch_threads() // min(accum, torch_threads()))} "
+          "intra-op thread(s))")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def section_epoch(args) -> None:

@@ -31,11 +31,11 @@ packing (its maps are not compared on packed rows yet).
 ``tests/training/test_trainer_packing.py``: a packed step's gradients and losses equal the same
 examples as separate micro-batches (same- and cross-tokenizer teachers).
 
-Cost on a CPU: torch's CPU attention kernels compute the masked full square of the row, so a
-row of n examples pays ~n x the attention of running them apart; packing wins when padding
-outweighs that (measured, ``benchmarks/train_step.py``: 4 examples of ~166 tokens, 16 % padding
-removed, +3 % tokens/s for the 15-layer student). Keep ``max_tokens_per_batch`` to a few
-``max_length``s.
+Cost on a CPU: with transformers' block-diagonal mask torch's CPU attention kernels compute the
+masked full square of the row, so a row of n examples pays ~2n x the attention of running them
+apart. The trainer therefore runs the student's and the online teachers' attention per packed
+example (``packed_attention.py``: the same numbers, no masked square); the models alone, outside
+the trainer, still see the block-diagonal mask that this module's docstring describes.
 
 Test: ``pytest tests/training/test_packing.py``; benchmark: ``python benchmarks/train_step.py``.
 """

@@ -8,7 +8,8 @@
   (``cross_tokenizer.method: projection`` only), AdamW + warmup/cosine LR, Accelerate (device
   placement, bf16 autocast, DDP under ``torchrun``/``accelerate launch``), the "before" held-out
   scores, and a checkpoint to resume from;
-- ``train``: per optimizer step, ``grad_accum`` micro-batches (``step.py``); each runs the teachers
+- ``train``: per optimizer step, ``grad_accum`` micro-batches (``step.py``; on a CPU run of one
+  process several at once, one per thread: ``micro_batch_threads``); each runs the teachers
   under ``torch.inference_mode()`` and the student, and ``step.compute_loss`` mixes
   ``(1 - kd_weight) CE + kd_weight KD`` (+ hidden-state and attention terms, and the
   vocabulary projections' own cross-entropy, which trains only them), every term normalized by
@@ -425,16 +426,23 @@ def setup(cfg: TrainConfig, *, resume: bool = False, allow_config_change: bool =
         log.say(f"resumed from {path} (step {state.step}, micro-batch {state.micro})")
     check_coverage(r)  # the records the plan uses are in every teacher cache
     r.peak_flops, r.flop_shapes = measure_mfu_peak(r)
+    from distillm_edge.training.step import micro_batch_threads
+
+    if (workers := micro_batch_threads(r, cfg.grad_accum)) > 1:
+        log.say(f"micro-batches: {workers} at once, one per thread ({max(1, torch.get_num_threads() // workers)} "
+                "intra-op thread each; micro_batch_threads: 1 runs them one after another)")
     r.setup_seconds = time.perf_counter() - started
     return r
 
 
 def measure_mfu_peak(r: Run) -> tuple[float | None, tuple | None]:
-    """The matmul peak (FLOP/s, in the step's dtype, with the training threads) and the models' shapes
-    for the per-step MFU; (None, None) off the CPU or for a model whose config has no Llama-style shape."""
+    """The matmul peak (FLOP/s, in the step's dtype, with the training threads, or on the training GPU)
+    and the models' shapes for the per-step MFU; (None, None) for a model whose config has no Llama-style
+    shape, or on a device other than the CPU and CUDA."""
     from distillm_edge.training.mfu import ModelShape, measure_peak
 
-    if r.accelerator.device.type != "cpu":
+    device = r.accelerator.device
+    if device.type not in ("cpu", "cuda"):
         return None, None
     try:
         student = ModelShape.from_config(text_config(r.accelerator.unwrap_model(r.student)))
@@ -442,9 +450,10 @@ def measure_mfu_peak(r: Run) -> tuple[float | None, tuple | None]:
     except (AttributeError, TypeError):
         return None, None
     bf16 = r.accelerator.mixed_precision == "bf16"
-    peak = measure_peak(torch.bfloat16 if bf16 else torch.float32, repeats=3)
-    r.log.say(f"MFU peak: {peak / 1e9:,.0f} GFLOP/s ({'bf16' if bf16 else 'fp32'} 1024^3 matmul, "
-              f"{torch.get_num_threads()} threads, measured now)")
+    peak = measure_peak(torch.bfloat16 if bf16 else torch.float32, repeats=3, device=device)
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    size = 1024 if device.type == "cpu" else 8192
+    r.log.say(f"MFU peak: {peak / 1e9:,.0f} GFLOP/s ({'bf16' if bf16 else 'fp32'} {size}^3 matmul, {where}, measured now)")
     return peak, (student, teachers, {t.index: t.same_tokenizer for t in r.teachers})
 
 
