@@ -24,6 +24,7 @@ Test: ``pytest tests/chat/test_chat_session.py``.
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,17 +69,27 @@ class AckRequired(SessionError):
 
 @dataclass
 class Turn:
-    """One generation request: the question, the trimmed prompt and its settings."""
+    """One generation request: the question, the trimmed prompt and its settings.
+
+    The question's own red-flag check (:attr:`question_check`) runs on first use, not at Enter: the
+    app reads it once the first text is on screen (the banner), a cancellation reads it for its audit
+    row, and a draft is never approvable without :meth:`ChatSession.complete`'s check of the question
+    and the draft together."""
 
     question: str
     messages: list[dict]  # what was sent (system + kept history + question)
     prompt_ids: list[int]
     dropped: int  # history messages trimmed to fit the context window
     settings: GenerationSettings
-    question_check: Assessment  # red flags of the question alone (shown while streaming)
+    rules: RuleSet
     cancel: threading.Event = field(default_factory=threading.Event)
     result: Result = field(default_factory=Result)
     partial: str = ""  # text streamed so far (kept if the app quits mid-generation)
+
+    @functools.cached_property
+    def question_check(self) -> Assessment:
+        """Red flags of the question alone (shown while streaming; logged with a cancellation)."""
+        return assess(self.rules, self.question)
 
 
 @dataclass
@@ -186,7 +197,7 @@ class ChatSession:
             prompt_ids = self.backend.chat_ids(kept)
         self._generations += 1
         self.turn = Turn(question=question, messages=kept, prompt_ids=prompt_ids, dropped=dropped,
-                         settings=settings, question_check=assess(self.rules, question))
+                         settings=settings, rules=self.rules)
         self.draft = None
         self.ctx_used = len(prompt_ids)
         self.state = State.GENERATING

@@ -64,5 +64,12 @@ def posted_of(posted: list, cls) -> list:
     return out
 
 
+def drafts(screen) -> list:
+    """The draft boxes on screen (the chat keeps the next one mounted, hidden, while idle)."""
+    from distillm_edge.chat.widgets.draft import DraftView
+
+    return [view for view in screen.query(DraftView) if view.display]
+
+
 def actions(session: ChatSession) -> list[str]:
     return [row["action"] for row in session.audit.rows()]

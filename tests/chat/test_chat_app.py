@@ -11,7 +11,7 @@ from __future__ import annotations
 import stat
 
 import pytest
-from chat_helpers import GatedBackend, actions, ask, posted_of, wait_for
+from chat_helpers import GatedBackend, actions, ask, drafts, posted_of, wait_for
 from textual.widgets import Input, Static, TextArea
 
 from distillm_edge.chat.messages import DraftDelta, GenerationDone, ModelLoaded
@@ -23,7 +23,6 @@ from distillm_edge.chat.screens.prompt import PromptScreen
 from distillm_edge.chat.screens.settings import SettingsScreen
 from distillm_edge.chat.session import State
 from distillm_edge.chat.widgets.banner import RedFlagBanner
-from distillm_edge.chat.widgets.draft import DraftView
 from distillm_edge.chat.widgets.header import NOTICE, ChatHeader
 from distillm_edge.chat.widgets.message import MessageView
 
@@ -48,13 +47,13 @@ async def test_approve(make_session, make_app):
         done = posted_of(posted, GenerationDone)
         assert len(done) == 1 and posted.index(done[0]) > posted.index(deltas[-1])  # done after the last delta
         screen = pilot.app.chat
-        assert screen.query_one(DraftView).text == draft_text
+        assert drafts(screen)[0].text == draft_text
         header = screen.query_one(ChatHeader).render_text().plain
         assert NOTICE in header and "tiny_llama0" in header and "torch float32" in header and "/512" in header
 
         await pilot.press("a")
         await pilot.pause()
-        assert session.state is State.IDLE and not screen.query(DraftView)
+        assert session.state is State.IDLE and not drafts(screen)
         views = screen.query(MessageView)
         assert [(v.role, v.content) for v in views] == [("user", QUESTION), ("assistant", draft_text)]
     conv = session.store.list()
@@ -123,8 +122,8 @@ async def test_regenerate_logs_the_discarded_draft(make_session, make_app):
         await wait_for(pilot, lambda: session.state is State.DRAFT, "the regenerated draft")
         await pilot.pause()
         second = session.draft.text
-        assert len(pilot.app.chat.query(DraftView)) == 1
-        assert pilot.app.chat.query_one(DraftView).text == second
+        assert len(drafts(pilot.app.chat)) == 1
+        assert drafts(pilot.app.chat)[0].text == second
         await pilot.press("a")
         await pilot.pause()
     assert len(posted_of(posted, GenerationDone)) == 2
@@ -154,7 +153,7 @@ async def test_cancel_mid_stream(make_session, make_app, tiny_backend):
         await wait_for(pilot, lambda: session.state is State.IDLE, "the cancellation")
         await pilot.pause()
         screen = pilot.app.chat
-        assert not screen.query(DraftView) and not screen.query(MessageView)
+        assert not drafts(screen) and not screen.query(MessageView)
         assert screen.query_one("#question", Input).value == QUESTION
     turn = posted_of(posted, GenerationDone)[0].turn
     assert turn.result.finish_reason == "cancelled" and turn.result.completion_tokens < 16
@@ -178,14 +177,14 @@ async def test_prefill_changes_only_the_status_and_esc_cancels_it(make_session, 
         screen = pilot.app.chat
         assert session.state is State.GENERATING
         assert "Generating" in screen.query_one("#status").status
-        assert not screen.query(DraftView) and not screen.query(MessageView)
+        assert not drafts(screen) and not screen.query(MessageView)
         await pilot.press("escape")
         await pilot.pause()
         assert "Cancelling" in screen.query_one("#status").status
         gated.release.set()
         await wait_for(pilot, lambda: session.state is State.IDLE, "the cancellation")
         await pilot.pause()
-        assert not screen.query(DraftView) and not screen.query(MessageView)
+        assert not drafts(screen) and not screen.query(MessageView)
         assert screen.query_one("#question", Input).value == QUESTION
         assert not screen.query_one("#question", Input).disabled
     assert posted_of(posted, GenerationDone)[0].turn.result.finish_reason == "cancelled"
@@ -200,15 +199,15 @@ async def test_first_text_brings_the_draft_box_and_the_draft_takes_the_keys(make
     async with make_app(session).run_test() as pilot:
         await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
         await pilot.press(*QUESTION, "enter")
-        await wait_for(pilot, lambda: pilot.app.chat.query(DraftView) and pilot.app.chat.query_one(
-            DraftView).first_shown_at is not None, "the first text on screen")
+        await wait_for(pilot, lambda: drafts(pilot.app.chat) and drafts(
+            pilot.app.chat)[0].first_shown_at is not None, "the first text on screen")
         await pilot.pause()
         screen = pilot.app.chat
         assert session.state is State.GENERATING and screen.first_shown.is_set()
         assert [(v.role, v.content) for v in screen.query(MessageView)] == [("user", QUESTION)]
-        assert screen.query_one(DraftView).text
+        assert drafts(screen)[0].text
         kids = list(screen.transcript.children)  # the question follows the first paint, but above the draft
-        assert kids.index(screen.pending) == kids.index(screen.query_one(DraftView)) - 1
+        assert kids.index(screen.pending) == kids.index(drafts(screen)[0]) - 1
         gated.release.set()
         await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
         await pilot.pause()
@@ -232,7 +231,7 @@ async def test_an_empty_draft_still_gets_its_box_and_keys(make_session, make_app
         await ask(pilot, session, QUESTION)
         screen = pilot.app.chat
         assert not posted_of(posted, DraftDelta) and session.draft.text == ""
-        assert screen.query_one(DraftView).text == "" and screen.query_one("#question", Input).disabled
+        assert drafts(screen)[0].text == "" and screen.query_one("#question", Input).disabled
         assert [(v.role, v.content) for v in screen.query(MessageView)] == [("user", QUESTION)]
         await pilot.press("r")
         await pilot.pause()

@@ -68,6 +68,8 @@ class ChatScreen(Screen):
         super().__init__()
         self.session, self.model_label, self.export_dir = session, model_label, export_dir
         self.draft_view: DraftView | None = None
+        self.spare: DraftView | None = None  # the next draft's box, mounted hidden while idle
+        self._spare_mounted = None  # its AwaitMount
         self.pending: MessageView | None = None  # the question being answered, until a decision
         self.first_shown = threading.Event()  # set when the current turn's first text is on screen
 
@@ -105,6 +107,7 @@ class ChatScreen(Screen):
         self.header.show(model=short_model_name(self.model_label), clinician=self.session.clinician or "")
         self.status.show("Loading the model… (you can type meanwhile; ? shows the keys)", kind="busy")
         self.input.focus()
+        self._prepare_draft()
         if self.session.backend is None:
             self.load_model()
         else:
@@ -127,8 +130,10 @@ class ChatScreen(Screen):
             if widget is not None:
                 widget.remove()
         self.draft_view = self.pending = None
+        self._prepare_draft()
         self.banner.show_hits(())
         self.input.disabled = False
+        self.input.cursor_blink = True
         if question is not None:
             self.input.value = question
         self.input.focus()
@@ -195,15 +200,29 @@ class ChatScreen(Screen):
         if self.draft_view is not None:  # regenerate: the discarded draft goes now
             self.draft_view.remove()
             self.draft_view = None
+        self.input.cursor_blink = False  # no repaint every 0.5 s while the model needs the cores
         notice = (f"History trimmed: the {turn.dropped} oldest messages are left out to fit the "
                   f"{self.session.n_ctx}-token context." if turn.dropped else "")
         self.status.show("Generating a draft… Esc cancels.", notice=notice, kind="busy")
 
+    def _prepare_draft(self) -> None:
+        """Mount the next draft's box, hidden, at the end of the transcript while nothing is
+        generating, so the first token only shows it (composing and mounting it cost the first
+        paint ~3 ms of UI CPU)."""
+        if self.spare is None:
+            self.spare = DraftView()
+            self.spare.display = False
+            self._spare_mounted = self.transcript.mount(self.spare)
+
     async def _show_turn(self, turn: Turn) -> None:
         """The first text (or the end) of ``turn`` arrived: show its draft box; the question above it
         follows in the next frame (:meth:`on_draft_view_shown`), so the first paint lays out one widget."""
-        self.draft_view = DraftView(turn)
-        await self.transcript.mount(self.draft_view)
+        self._prepare_draft()  # a no-op unless the turn started before the spare was made
+        if not self.spare.is_mounted:
+            await self._spare_mounted
+        self.draft_view, self.spare = self.spare, None
+        self.draft_view.turn = turn
+        self.draft_view.display = True
 
     async def _mount_question(self, turn: Turn) -> None:
         if self.pending is None and self.draft_view is not None:  # a regenerated draft keeps its question
@@ -274,6 +293,7 @@ class ChatScreen(Screen):
                          "Draft ready: a approve · e edit · r reject · g regenerate · Esc cancel", kind="busy")
         self._show_context()
         self.refresh_bindings()
+        self._prepare_draft()  # the box a regenerated answer will stream into, made while the clinician reads
 
     def on_generation_failed(self, message: GenerationFailed) -> None:
         if message.turn is not self.session.turn:
@@ -288,8 +308,9 @@ class ChatScreen(Screen):
             if widget is not None:
                 widget.remove()
         self.draft_view = self.pending = None
-        self.transcript.mount(MessageView("user", question))
-        self.transcript.mount(MessageView("assistant", answer, self.session.clinician or ""))
+        self._prepare_draft()
+        self.transcript.mount(MessageView("user", question), before=self.spare)  # the next draft stays last
+        self.transcript.mount(MessageView("assistant", answer, self.session.clinician or ""), before=self.spare)
         self.transcript.scroll_end(animate=False)
         self._idle(f"Approved; saved to “{self.session.conversation_title}”.")
 
@@ -360,10 +381,12 @@ class ChatScreen(Screen):
     # --- conversations, settings, help -----------------------------------------------------------
 
     def _show_conversation(self) -> None:
-        self.transcript.remove_children()
+        self.transcript.remove_children()  # the hidden spare draft box too: a new one goes last
+        self.spare = None
         if self.session.conversation_saved():
             for msg in self.session.store.messages(self.session.conversation_id):
                 self.transcript.mount(MessageView(msg.role, msg.content, msg.clinician))
+        self._prepare_draft()
         self.transcript.scroll_end(animate=False)
         self._show_context()
 

@@ -1,11 +1,13 @@
 """The current draft: a labelled, bordered Markdown view the answer streams into.
 
 While generating it says so (Esc cancels); once complete it lists the decision keys. The text is
-never part of the conversation until the clinician approves it. ``first_shown_at`` /
-``last_shown_at`` record (``time.perf_counter``) when the first and latest text became visible
-(after the screen refreshed), and ``first_shown_cpu`` the UI thread's CPU time then, which
-``benchmarks/chat_latency.py`` reads; the first time, it posts
-:class:`DraftView.Shown` (the chat screen's worker waits for it before decoding on).
+never part of the conversation until the clinician approves it. The chat screen mounts the next
+draft's box hidden while idle and shows it at the first text (``turn`` is set then).
+``first_text_at`` records (``time.perf_counter``) when the first text reached the UI thread,
+``first_shown_at`` / ``last_shown_at`` when the first and latest text became visible (after the
+screen refreshed), and ``first_text_cpu`` / ``first_shown_cpu`` the UI thread's CPU time then,
+which ``benchmarks/chat_latency.py`` reads; the first time, it posts :class:`DraftView.Shown` (the
+chat screen's worker waits for it before decoding on).
 
 Test: ``pytest tests/chat/test_chat_app.py``.
 """
@@ -50,6 +52,8 @@ class DraftView(Vertical):
         super().__init__(**kwargs)
         self.turn = turn  # the chat session's Turn this draft shows
         self.text = ""
+        self.first_text_at: float | None = None  # the first text reached the UI thread
+        self.first_text_cpu: float | None = None
         self.first_shown_at: float | None = None
         self.first_shown_cpu: float | None = None  # time.thread_time() of the UI thread then
         self.last_shown_at: float | None = None
@@ -65,7 +69,9 @@ class DraftView(Vertical):
         return self.query_one("#draft-body", Markdown)
 
     async def append(self, text: str) -> None:
-        """Add streamed text and re-render; records when it became visible."""
+        """Add streamed text and re-render; records when it arrived and when it became visible."""
+        if not self.text and text:
+            self.first_text_at, self.first_text_cpu = time.perf_counter(), time.thread_time()
         self.text += text
         await self.body.append(text)  # incremental: only the last block is parsed again
         length = len(self.text)

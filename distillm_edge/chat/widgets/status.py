@@ -21,6 +21,7 @@ class StatusLine(Static):
         super().__init__(**kwargs)
         self.status = ""
         self.notice = ""
+        self._one_line = False  # the text shown is one line that fits (its height is 1)
 
     def show(self, status: str | None = None, notice: str | None = None, kind: str = "") -> None:
         """Set the status text (and optionally the notice); ``kind`` is "", "busy" or "error"."""
@@ -33,4 +34,8 @@ class StatusLine(Static):
         text = Text(self.status)
         if self.notice:
             text.append(f"\n{self.notice}", style="bold")
-        self.update(text)
+        # A layout of the whole screen costs ~1.5 ms of UI CPU, and Enter changes the status while
+        # the model's prefill needs the cores: one line that fits before and after keeps the height.
+        one_line = "\n" not in text.plain and text.cell_len <= self.content_size.width
+        self.update(text, layout=not (one_line and self._one_line))
+        self._one_line = one_line
