@@ -272,6 +272,8 @@ def section_default(args, peaks) -> None:
     in threads)."""
     import dataclasses
 
+    import torch
+
     from distillm_edge.training import packed_attention as attention
     from distillm_edge.training import step as train_step
     from distillm_edge.training import trainer
@@ -344,6 +346,8 @@ def section_default(args, peaks) -> None:
     }
     flops = {name: train_step.step_flops(fn(), *r.flop_shapes) for name, fn in variants.items()}  # also the warm-up
     secs = timed(variants, args.repeats, peaks)
+    r.cfg = dataclasses.replace(cfg, micro_batch_threads=0)
+    workers = train_step.micro_batch_threads(r, accum)
     table(f"default: the tiny-cpu step through the trainer (SmolLM2 + Gemma-3 teachers, 15-layer student), "
           f"{len(order)} examples ({tokens} tokens; packed: {len(packs)} rows, {accum} per optimizer step)",
           [(name, tokens, secs[name], flops[name], peaks["fp32" if name == fp32 else "bf16"]) for name in variants], fp32)
@@ -351,14 +355,7 @@ def section_default(args, peaks) -> None:
           f"{secs[before] / secs[default]:.2f}x (medians of {args.repeats}, interleaved)")
     print("(MFU: model FLOPs of the student's step and both teachers' forward passes, each example as if run alone, "
           "against the peak of the row's own dtype timed in the same rounds; threads: micro_batch_threads auto = "
-          f"{min(accum, torch_threads())} threads of {max(1, torch_threads() // min(accum, torch_threads()))} "
-          "intra-op thread(s))")
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
+          f"{workers} threads of {max(1, torch.get_num_threads() // workers)} intra-op thread(s))")
 
 
 def section_epoch(args) -> None:

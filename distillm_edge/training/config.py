@@ -244,7 +244,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads (0: torch's default)
     # CPU, one process: a step's micro-batches run in this many threads at once, each with its share of the torch
-    # threads (0: auto, one per torch thread up to grad_accum; 1: one after another). Same losses: training/step.py
+    # threads (0: auto, 2 when there are >= 2 torch threads; 1: one after another). Same losses: training/step.py
     micro_batch_threads: int = 0
     out: str | None = None  # run directory; null: runs/train-<timestamp>
     save_every: int = 10  # optimizer steps between checkpoints (0: only at the end)

@@ -262,13 +262,14 @@ def accumulate(r: Run, batches: list[Batch], tau: float) -> tuple[dict[str, floa
 def micro_batch_threads(r: Run, n: int) -> int:
     """How many of a step's ``n`` micro-batches run at once, each in its own thread (1: one after another).
 
-    ``micro_batch_threads: 0`` (auto): one per torch thread, up to ``n``, on a CPU run of one process;
-    DDP (``no_sync`` per micro-batch) and GPUs keep one at a time.
+    ``micro_batch_threads: 0`` (auto): two on a CPU run of one process with at least two torch threads
+    (each micro-batch in flight holds its activations: two at most by default); DDP (``no_sync`` per
+    micro-batch) and GPUs keep one at a time.
     """
     acc, wanted = r.accelerator, r.cfg.micro_batch_threads
     if acc.num_processes > 1 or acc.device.type != "cpu" or n < 2:
         return 1
-    return min(n, wanted if wanted else torch.get_num_threads())
+    return min(n, wanted if wanted else min(2, torch.get_num_threads()))
 
 
 def _accumulate_threads(r: Run, batches: list[Batch], tau: float, counts: dict[str, float],
