@@ -22,7 +22,8 @@ ignored: our ``onnx_batch.batch_generate`` (what ``serve`` batches with) against
 ``Generator`` with ``batch_size=K`` (``bench.batch.onnx_batch_generate``) and against its ``Engine``
 with K requests begun together (:func:`engine_batch_generate`; on CPU the Engine batches statically,
 see ``onnx_batch.py``). "TTFT" there is the prefill of all K prompts (for the Engine it includes
-allocating the batch's KV cache), tok/s counts all K sequences, and a line says whether all three gave
+allocating the batch's KV cache), tok/s counts all K sequences (decode: the tokens after every row has its
+first one, since the Engine can run rows ahead in waves; "all": every token over prefill + decode), and a line says whether all three gave
 the same greedy tokens. ``--arrivals`` shows why ``serve`` does not use the Engine: a request that
 arrives while another is decoding, and how long it waits for its first token under the Engine and
 under our ``OnnxSlotScheduler`` (plus what the Engine refuses on CPU).
@@ -130,19 +131,26 @@ def engine_batch_generate(engine, prompts: list[list[int]], new_tokens: int, clo
         request.begin_turn(np.asarray(prompt, dtype=np.int32), turn)
         requests.append(request)
     tokens: list[list[int]] = [[] for _ in prompts]
-    start, first = clock(), None
+    start, first, firsts, done_at_first = clock(), None, [None] * len(prompts), 0
     while engine.has_pending_requests():
         for event in engine.run(buffer):  # events are views into the buffer: read them before the next run
             if event.flags.value & og.EngineEventFlags.FAILED.value:
                 raise RuntimeError(f"onnxruntime-genai Engine failed: {event.error_code.name}")
             if event.flags.value & og.EngineEventFlags.TOKEN.value:
                 tokens[next(i for i, r in enumerate(requests) if r is event.request)].append(int(event.token))
+        now = clock()
+        firsts = [f if f is not None or not t else now for f, t in zip(firsts, tokens)]
         if first is None and all(tokens):
-            first = clock()
+            first, done_at_first = now, sum(map(len, tokens))
     end = clock()
     for request in requests:
         request.close()
-    return batch_timings(tokens, new_tokens, start, first, end)
+    timings = batch_timings(tokens, new_tokens, start, first, end)
+    # The Engine may give some rows many tokens before the last row's first one (waves of its static
+    # batch): decode counts only the tokens generated after every row has started.
+    timings["decode_tps"] = (sum(map(len, tokens)) - done_at_first) / (end - first) if end > first else float("nan")
+    timings["first_spread_s"] = max(firsts) - min(firsts)
+    return timings
 
 
 def genai_engine(folder: Path, max_batch: int):
@@ -180,16 +188,23 @@ def compare_batch(ours, model, folder: Path, builder, lengths, sizes, repeats: i
                               engine_batch_generate(engine, prompts, new_tokens))
                     tokens[who] = result["tokens"]
                     if rep:
-                        runs[who].append((result["prefill_s"], result["decode_tps"], k * new_tokens))
+                        runs[who].append((result["prefill_s"], result["decode_tps"], k * new_tokens,
+                                          result["total_tps"], result.get("first_spread_s", 0.0)))
                 same = same and tokens["ours"] == tokens["generator"] == tokens["engine"]
             med = {who: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[0][2])
                    for who, rs in runs.items()}
             for theirs in ("generator", "engine"):
                 rows.append({"backend": f"ONNX batch {k} vs genai {theirs}", "prompt": n, "ours": med["ours"],
                              "theirs": med[theirs]})
+            total = {who: statistics.median(r[3] for r in rs) for who, rs in runs.items()}
+            spread = statistics.median(r[4] for r in runs["engine"])
             print(f"  ONNX batch {k} @ {n}: " + "; ".join(
-                f"{who} prefill {1000 * m[0]:.0f} ms, {m[1]:.1f} tok/s" for who, m in med.items())
-                + f"; same greedy tokens: {'yes' if same else 'NO'}", flush=True)
+                f"{who} prefill {1000 * m[0]:.0f} ms, decode {m[1]:.1f} tok/s, all {total[who]:.1f} tok/s"
+                for who, m in med.items())
+                + f"; engine rows' first tokens spread over {1000 * spread:.0f} ms"
+                + f"; same greedy tokens: {'yes' if same else 'NO'}"
+                + f"; all tokens (prefill + decode) ours/generator {total['ours'] / total['generator']:.2f}x, "
+                  f"ours/engine {total['ours'] / total['engine']:.2f}x", flush=True)
     return rows
 
 
