@@ -191,8 +191,9 @@ class ChatScreen(Screen):
         first token came 17% later in the app than alone (255 vs 218 ms on an idle machine,
         ``benchmarks/chat_latency.py``). So until the first text only the
         status line changes; the first text brings the draft box, and once it is painted the
-        question above it (and the question's red-flag banner): 17 ms of UI CPU before the first
-        visible token instead of ~22, +7.8% / +10.6% over the backend's TTFT in two idle runs; the input and footer give the keys to the draft when it is
+        question above it (and the question's red-flag banner). Measured idle: ~13 ms of UI CPU from
+        Enter to the first visible token; on screen 175 ms against the backend's own 155 ms
+        (``benchmarks/chat_latency.py``). The input and footer give the keys to the draft when it is
         complete (:meth:`on_generation_done`). Esc cancels throughout (the input has no Esc key).
         """
         self.first_shown = threading.Event()
