@@ -88,3 +88,20 @@ def running_server(backend, tmp_path: Path, **overrides):
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+def disconnect_mid_stream(svc, url: str, question: str, max_tokens: int, what: str) -> None:
+    """Start a streaming chat request, leave after its first content chunk (while it still holds its slot
+    or row), and wait until the engine has freed it."""
+    import httpx
+
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=300, json={
+            "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0,
+            "stream": True}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if '"content": "' in line and '"role"' not in line:
+                break
+        assert svc.engine.running == 1
+    wait_until(lambda: svc.engine.running == 0 and svc.engine.admitted == 0, timeout=60,
+               what=f"the disconnected stream to free its {what}")

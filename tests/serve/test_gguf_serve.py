@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import threading
 
-import httpx
 import openai
 import pytest
-from serve_helpers import running_server, wait_until
+from serve_helpers import disconnect_mid_stream, running_server
 
 from distillm_edge.backends.generate import GenerationSettings, generate_text
 
@@ -55,13 +54,4 @@ def test_concurrent_streams_equal_one_at_a_time_greedy(gguf, tmp_path):
             t.join(300)
         assert [got[i] for i in range(len(QUESTIONS))] == expected
 
-        with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=300, json={
-                "messages": [{"role": "user", "content": "Write a long essay on anatomy."}], "max_tokens": 250,
-                "stream": True}) as r:
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                if '"content": "' in line and '"role"' not in line:
-                    break
-            assert svc.engine.running == 1
-        wait_until(lambda: svc.engine.running == 0 and svc.engine.admitted == 0, timeout=60,
-                   what="the disconnected stream to free its slot")
+        disconnect_mid_stream(svc, url, "Write a long essay on anatomy.", 250, "slot")

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import threading
 
-import httpx
 import openai
-from serve_helpers import running_server, wait_until
+from serve_helpers import disconnect_mid_stream, running_server
 
 from distillm_edge.backends.generate import GenerationSettings, generate_text
 
@@ -57,13 +56,4 @@ def test_onnx_serve_batches_streams_equal_to_alone(tiny_onnx_backend, tmp_path):
         assert [got[i] for i in range(len(QUESTIONS))] == expected
         assert got["sampled"] == expected_sampled
 
-        with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=300, json={
-                "messages": [{"role": "user", "content": LONG}], "max_tokens": 200, "temperature": 0,
-                "stream": True}) as r:
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                if '"content": "' in line and '"role"' not in line:
-                    break
-            assert svc.engine.running == 1
-        wait_until(lambda: svc.engine.running == 0 and svc.engine.admitted == 0, timeout=60,
-                   what="the disconnected stream to free its row")
+        disconnect_mid_stream(svc, url, LONG, 200, "row")
