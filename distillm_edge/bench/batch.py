@@ -26,6 +26,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from distillm_edge.backends.slots import batch_timings
+
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
     """Left-padded ids and the matching attention mask (1 = real token)."""
@@ -62,13 +64,7 @@ def torch_batch_generate(model, prompts: Sequence[Sequence[int]], new_tokens: in
             positions = positions[:, -1:] + 1
         x.cpu()  # wait for the last step (matters on accelerators)
         end = clock()
-    batch = len(prompts)
-    return {
-        "tokens": torch.cat(generated, dim=-1).tolist(),
-        "prefill_s": first - start,
-        "decode_tps": batch * (new_tokens - 1) / (end - first) if new_tokens > 1 and end > first else float("nan"),
-        "total_tps": batch * new_tokens / (end - start),
-    }
+    return batch_timings(torch.cat(generated, dim=-1).tolist(), new_tokens, start, first, end)
 
 
 def gguf_batch_generate(backend, prompts: Sequence[Sequence[int]], new_tokens: int,
@@ -147,10 +143,4 @@ def onnx_batch_generate(backend, prompts: Sequence[Sequence[int]], new_tokens: i
         if step == 0:
             first = clock()
     end = clock()
-    batch = len(prompts)
-    return {
-        "tokens": tokens,
-        "prefill_s": first - start,
-        "decode_tps": batch * (new_tokens - 1) / (end - first) if new_tokens > 1 and end > first else float("nan"),
-        "total_tps": batch * new_tokens / (end - start),
-    }
+    return batch_timings(tokens, new_tokens, start, first, end)
