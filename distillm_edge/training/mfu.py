@@ -94,16 +94,22 @@ def sequence_flops(shape: ModelShape, length: int, *, head_rows: int | None = No
     return per(shape, length, head_rows=rows / max(1, length)) * length
 
 
+def peak_size(device: str | torch.device) -> int:
+    """The matrix side :func:`measure_peak` times by default: 1024 on the CPU, 8192 on a GPU (where a
+    1024³ product is too short to fill the chip)."""
+    return 1024 if torch.device(device).type == "cpu" else 8192
+
+
 def measure_peak(dtype: torch.dtype = torch.float32, *, size: int | None = None, repeats: int = 5,
                  min_seconds: float = 0.2, device: str | torch.device = "cpu") -> float:
     """Matmul FLOP/s of this machine in ``dtype`` with torch's current threads: median over ``repeats`` timings.
 
-    Each timing runs ``n×n @ n×n`` until ``min_seconds`` pass (after one warm-up call). ``size``
-    defaults to 1024 on the CPU and 8192 on a GPU, where a 1024³ product is too short to fill the
-    chip; GPU timings wait for the device (``synchronize``) before reading the clock.
+    Each timing runs ``n×n @ n×n`` until ``min_seconds`` pass (after one warm-up call); ``size``
+    defaults to :func:`peak_size`. GPU timings wait for the device (``synchronize``) before reading
+    the clock.
     """
     device = torch.device(device)
-    size = size or (1024 if device.type == "cpu" else 8192)
+    size = size or peak_size(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)

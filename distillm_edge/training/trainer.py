@@ -439,7 +439,7 @@ def measure_mfu_peak(r: Run) -> tuple[float | None, tuple | None]:
     """The matmul peak (FLOP/s, in the step's dtype, with the training threads, or on the training GPU)
     and the models' shapes for the per-step MFU; (None, None) for a model whose config has no Llama-style
     shape, or on a device other than the CPU and CUDA."""
-    from distillm_edge.training.mfu import ModelShape, measure_peak
+    from distillm_edge.training.mfu import ModelShape, measure_peak, peak_size
 
     device = r.accelerator.device
     if device.type not in ("cpu", "cuda"):
@@ -452,8 +452,8 @@ def measure_mfu_peak(r: Run) -> tuple[float | None, tuple | None]:
     bf16 = r.accelerator.mixed_precision == "bf16"
     peak = measure_peak(torch.bfloat16 if bf16 else torch.float32, repeats=3, device=device)
     where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    size = 1024 if device.type == "cpu" else 8192
-    r.log.say(f"MFU peak: {peak / 1e9:,.0f} GFLOP/s ({'bf16' if bf16 else 'fp32'} {size}^3 matmul, {where}, measured now)")
+    r.log.say(f"MFU peak: {peak / 1e9:,.0f} GFLOP/s ({'bf16' if bf16 else 'fp32'} {peak_size(device)}^3 matmul, "
+              f"{where}, measured now)")
     return peak, (student, teachers, {t.index: t.same_tokenizer for t in r.teachers})
 
 
