@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distillm_edge.errors import UserError
-from distillm_edge.training.config import TrainConfig
+from distillm_edge.training.config import LoraConfig, TrainConfig
 
 ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
 GiB = 1 << 30
@@ -385,7 +385,7 @@ def estimate(cfg: TrainConfig, counts: dict[str, ModelCounts], setup: Setup) -> 
     if amp and residual == 4 and not full_ft and qlora:  # bitsandbytes' NF4 Linears cast nothing; the fp32 head
         student_dev.add("bf16 copy of the fp32 head (precision.AutocastWeights)",
                         (s.head or s.embedding) * compute / shard_weights)
-        dropout = cfg.lora.dropout if cfg.lora is not None else 0.05
+        dropout = (cfg.lora or LoraConfig()).dropout  # a suggested QLoRA gets the default adapter
         adapter_inputs = sum(s.lora_inputs.get(t, 0) for t in lora_targets)  # over layers
         per_token = adapter_inputs * (compute + (1 if dropout > 0 else 0))  # bf16 cast of the fp32 input, dropout mask
         student_dev.add(f"LoRA adapter inputs (bf16 casts{' + dropout masks' if dropout > 0 else ''})",
