@@ -37,14 +37,15 @@ Why we batch ourselves instead of using onnxruntime-genai's batching (checked wi
   of them ends ("a row cannot be released independently from its shared contiguous cache
   allocation"). A request arriving while a batch decodes waits for that whole batch, finished rows
   included: A decoding 64 tokens, B arriving after A's 4th token: under the Engine B's first token
-  came after all 60 of A's remaining tokens (2.6 s), under :class:`OnnxSlotScheduler` after 2 (0.39
-  s). For a server, one long answer would hold every later request for its whole length. The static
-  Engine also refuses a per-request seed ("A per-turn seed requires an Engine configured for dynamic
-  batching"), so OpenAI's ``seed`` could not be honoured. It does give the same greedy tokens,
-  honours ``Request.cancel_turn`` and per-request temperature / top-p / max tokens. Its decode at 8
-  rows was 1.5-1.8x ours in three runs under load 4-6 on 2 cores; with ONNX Runtime's thread
-  spinning turned off in our session (``session.intra_op.allow_spinning=0``) ours matched it (69 vs
-  68 ms per step, same run), so the gap is the session's spinning under contention, not the batching.
+  came after all 60 of A's remaining tokens (273 ms), under :class:`OnnxSlotScheduler` after 2 (36 ms;
+  idle, 2026-11-30). For a server, one long answer would hold every later request for its whole
+  length. The static Engine also refuses a per-request seed ("A per-turn seed requires an Engine
+  configured for dynamic batching"), so OpenAI's ``seed`` could not be honoured. It does give the
+  same greedy tokens, honours ``Request.cancel_turn`` and per-request temperature / top-p / max
+  tokens. Its throughput is not the reason: a batch of 8 runs in waves under the Engine (its rows'
+  first tokens spread over 0.7-5 s), and counted over all tokens (prefill + decode) ours was 1.22x /
+  1.11x the Engine at 64- / 1024-token prompts (idle). An earlier "Engine decodes 1.5-1.8x faster at
+  8 rows" counted the tokens of rows that ran ahead before the last row started.
 - ``og.Generator`` with ``batch_size=k`` takes its k prompts once ("AppendTokens can only be called
   once for batch_size > 1"; ``rewind_to`` only to 0): no sequence can join or leave a running batch.
 
