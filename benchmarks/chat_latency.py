@@ -19,6 +19,9 @@ measured run (both paths) an unrelated text is scored to flush it: each run pref
 prompt. The two paths alternate order per repeat; medians over ``--repeats`` are printed with
 their ratio (target: app TTFT within 10% of the backend's), and the load average beside them.
 
+The medians ratio compares two populations taken minutes apart; the "paired" line takes the
+median of app/backend over the adjacent runs of each repeat (robust to the machine's slow phases).
+
 Run: ``python benchmarks/chat_latency.py`` (embedded SmolLM2 GGUF; ``--model/--backend`` for
 others, ``--repeats 7 --max-tokens 48 --threads 1``). The second table line, "chat overhead", is
 the robust figure on a loaded machine: it subtracts, inside each app run, the backend's own TTFT.
@@ -126,12 +129,24 @@ async def main(args) -> None:
     print(f"{'tokens/s after the first':26}{rate_b:10.1f}{rate_w:13.1f}{rate_a:13.1f}{rate_a / rate_b:16.3f}")
     for path in ("backend", "app"):
         print(f"  per-repeat TTFT ms, {path:8}{[round(r['ttft'] * 1000, 1) for r in rows[path]]}")
+    print(f"  per-repeat TTFT ms, worker  {[round(r['worker_ttft'] * 1000, 1) for r in rows['app']]}")
+    # The same comparison paired in time: each app run against the backend-alone run next to it (the
+    # two alternate order per repeat). This 2-core VM runs in fast and slow phases of some seconds
+    # (a backend TTFT of ~150 or ~175 ms, also seen alone), which the separate medians above can
+    # straddle; an adjacent pair mostly shares its phase.
+    paired = statistics.median(a["ttft"] / b["ttft"] for a, b in zip(rows["app"], rows["backend"]))
+    print(f"paired, each app run / the adjacent backend run: median {paired:.3f} ({paired - 1:+.1%})")
+    slower = statistics.median(a["worker_ttft"] - b["ttft"] for a, b in zip(rows["app"], rows["backend"]))
+    print(f"  of which the model's own call -> first token in the app vs the adjacent run alone: median "
+          f"{slower * 1000:+.1f} ms")
     # What the chat adds, measured within each app run (so the load's effect on the model cancels):
     # Enter -> on screen, minus the backend's own call -> first token inside that same run.
-    overhead = statistics.median(r["ttft"] - r["worker_ttft"] for r in rows["app"])
+    overheads = sorted(r["ttft"] - r["worker_ttft"] for r in rows["app"])
+    overhead = statistics.median(overheads)
     print(f"chat overhead to the first visible token: median {overhead * 1000:.1f} ms per run = "
           f"{overhead / ttft_w:.1%} of the backend's TTFT in the same runs (target <= 10%); "
-          f"screen/backend medians {ttft_a / ttft_b - 1:+.1%}")
+          f"screen/backend medians {ttft_a / ttft_b - 1:+.1%}; slowest runs "
+          f"{', '.join(f'{x * 1000:.1f}' for x in overheads[-3:])} ms")
     print(f"UI thread's CPU time from Enter to the first visible token: median "
           f"{statistics.median(r['ui_cpu'] for r in rows['app']) * 1000:.1f} ms (the model's prefill shares the cores with it), "
           f"{statistics.median(r['ui_cpu_to_text'] for r in rows['app']) * 1000:.1f} ms of it before the first text reached the UI")

@@ -163,20 +163,21 @@ async def test_cancel_mid_stream(make_session, make_app, tiny_backend):
     assert event["draft"] == turn.result.text and event["final_text"] is None
 
 
-async def test_prefill_changes_only_the_status_and_esc_cancels_it(make_session, make_app, tiny_backend):
-    """Until the first token, the UI thread leaves the CPU to the model's prefill: only the status
-    line changes (no draft box yet); Esc still cancels, and the question goes back to the input."""
+async def test_a_long_prefill_shows_generating_and_esc_cancels_it(make_session, make_app, tiny_backend):
+    """A model slower than ``FEEDBACK_S`` to its first token: the status line says it is generating
+    and the input is cleared meanwhile (no draft box yet); Esc still cancels, and the question goes
+    back to the input."""
     gated = GatedBackend(tiny_backend, before_first=True)
     session = make_session(backend=gated, max_new_tokens=16)
     posted = []
     async with make_app(session).run_test(message_hook=posted.append) as pilot:
         await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
+        screen = pilot.app.chat
         await pilot.press(*QUESTION, "enter")
         await wait_for(pilot, gated.started.is_set, "the generation to start")
-        await pilot.pause()
-        screen = pilot.app.chat
-        assert session.state is State.GENERATING
-        assert "Generating" in screen.query_one("#status").status
+        await wait_for(pilot, lambda: "Generating" in screen.query_one("#status").status, "the generating status")
+        assert session.state is State.GENERATING and not gated.release.is_set()
+        assert screen.query_one("#question", Input).value == ""
         assert not drafts(screen) and not screen.query(MessageView)
         await pilot.press("escape")
         await pilot.pause()

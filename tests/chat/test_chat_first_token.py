@@ -1,9 +1,12 @@
 """What runs between Enter and the first visible token, and that deferring it weakens no supervision.
 
-The question's red-flag check runs after the first token (its banner still shows while streaming,
-and one-key approval is still blocked; a cancellation during the prefill still logs the question's
-red flags); the draft box the first token shows in was mounted, hidden, while the chat was idle;
-the status line skips a screen layout only when its height cannot change.
+Enter changes nothing on screen (no layout) until the first text, which then brings Enter's effects
+(input cleared, "Generating…"); the question's red-flag check runs after the first token (its banner
+still shows while streaming, and one-key approval is still blocked; a cancellation during the
+prefill still logs the question's red flags); the draft box the first token shows in was mounted,
+hidden, while the chat was idle, and shows that text without mounting a widget; the Markdown view
+takes over at the next text or at the end; the status line skips a screen layout only when its
+height cannot change.
 
 Run: ``pytest tests/chat/test_chat_first_token.py``.
 """
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import pytest
 from chat_helpers import GatedBackend, actions, ask, drafts, posted_of, wait_for
-from textual.widgets import Input
+from textual.app import App
+from textual.screen import Screen
+from textual.widgets import Input, Static
 
 from distillm_edge.chat import session as session_module
 from distillm_edge.chat.messages import GenerationDone
@@ -155,3 +160,99 @@ async def test_status_line_height_follows_its_text(make_session, make_app):
         assert await height_after(status="still short") == 1
         await ask(pilot, session, QUESTION)
         assert status.size.height == 1 and "Draft ready" in status.status
+
+
+async def test_enter_lays_out_nothing_until_the_first_text(make_session, make_app, tiny_backend, monkeypatch):
+    """During the prefill the screen is not laid out (its UI CPU would delay the first token); the
+    first text brings the draft box, then the question, the cleared input and the status."""
+    layouts = []
+    real_layout = Screen._refresh_layout
+
+    def counting(self, *args, **kwargs):
+        layouts.append(self)
+        return real_layout(self, *args, **kwargs)
+
+    monkeypatch.setattr(Screen, "_refresh_layout", counting)
+    gated = GatedBackend(tiny_backend, before_first=True)
+    session = make_session(backend=gated, max_new_tokens=8)
+    async with make_app(session).run_test() as pilot:
+        screen = pilot.app.chat
+        screen.FEEDBACK_S = 600.0  # only the first text brings Enter's effects here
+        await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
+        await pilot.press(*QUESTION)
+        await pilot.pause()
+        status_before = screen.query_one(StatusLine).status
+        layouts.clear()
+        await pilot.press("enter")
+        await wait_for(pilot, gated.started.is_set, "the prefill")
+        for _ in range(5):
+            await pilot.pause(0.02)
+        assert layouts == [] and session.state is State.GENERATING
+        assert screen.query_one(StatusLine).status == status_before
+        assert screen.query_one("#question", Input).value == QUESTION and not drafts(screen)
+        gated.release.set()
+        await wait_for(pilot, lambda: drafts(screen) and drafts(screen)[0].first_shown_at is not None,
+                       "the first text on screen")
+        await wait_for(pilot, lambda: "Generating" in screen.query_one(StatusLine).status
+                       or session.state is State.DRAFT, "Enter's effects")
+        assert screen.query_one("#question", Input).value == ""
+        assert [(v.role, v.content) for v in screen.query(MessageView)] == [("user", QUESTION)]
+        await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
+
+
+async def test_text_typed_during_the_prefill_is_kept(make_session, make_app, tiny_backend):
+    """Enter's deferred clearing of the input only clears the question it sent."""
+    gated = GatedBackend(tiny_backend, before_first=True)
+    session = make_session(backend=gated, max_new_tokens=8)
+    async with make_app(session).run_test() as pilot:
+        screen = pilot.app.chat
+        screen.FEEDBACK_S = 600.0
+        await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
+        await pilot.press(*QUESTION, "enter")
+        await wait_for(pilot, gated.started.is_set, "the prefill")
+        await pilot.press(*" and in renal impairment?")
+        gated.release.set()
+        await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
+        await pilot.pause()
+        assert screen.query_one("#question", Input).value == QUESTION + " and in renal impairment?"
+        assert session.turn.question == QUESTION
+
+
+async def test_the_first_text_shows_plain_then_the_markdown_view_takes_over(make_session, make_app, tiny_backend):
+    """The first piece shows in the plain view (nothing mounted); the next piece, or the end of the
+    answer, hands the whole text to the Markdown view, which then shows it once, in order."""
+    gated = GatedBackend(tiny_backend)
+    session = make_session(backend=gated, max_new_tokens=12)
+    async with make_app(session).run_test() as pilot:
+        screen = pilot.app.chat
+        await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
+        await pilot.press(*QUESTION, "enter")
+        await wait_for(pilot, lambda: gated.first_token.is_set() and drafts(screen)
+                       and drafts(screen)[0].first_shown_at is not None, "the first text on screen")
+        view = drafts(screen)[0]
+        first = view.query_one("#draft-first", Static)
+        assert first.display and str(first.render()) == view.text and view.text
+        assert view.body.source == "" and not view.body.children
+        gated.release.set()
+        await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
+        await pilot.pause()
+        assert not first.display and view.body.source == view.text == session.draft.text
+
+
+async def test_an_answer_streamed_in_one_piece_ends_in_the_markdown_view():
+    """One piece only (the whole answer at once): :meth:`DraftView.settle` at the end still hands it
+    to the Markdown view, once."""
+    class One(App):
+        def compose(self):
+            yield DraftView(turn="turn")
+
+    async with One().run_test() as pilot:
+        view = pilot.app.query_one(DraftView)
+        await view.append("**Amoxicillin** 500 mg")
+        await pilot.pause()
+        assert view.first.display and view.body.source == ""
+        assert await view.settle() is True
+        assert not view.first.display and view.body.source == "**Amoxicillin** 500 mg"
+        assert await view.settle() is False
+        await view.append(" twice daily")
+        assert view.body.source == "**Amoxicillin** 500 mg twice daily" == view.text

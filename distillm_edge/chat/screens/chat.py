@@ -50,6 +50,7 @@ IDLE_ONLY = ("new", "conversations", "export", "settings")
 
 class ChatScreen(Screen):
     CSS_PATH = "chat.tcss"
+    FEEDBACK_S = 0.2  # Enter's visible effects wait at most this long for the first text (see _start)
     BINDINGS = [
         Binding("a", "approve", "Approve"),
         Binding("e", "edit", "Edit"),
@@ -72,6 +73,7 @@ class ChatScreen(Screen):
         self._spare_mounted = None  # its AwaitMount
         self.pending: MessageView | None = None  # the question being answered, until a decision
         self.first_shown = threading.Event()  # set when the current turn's first text is on screen
+        self._feedback: tuple[Turn, str | None] | None = None  # Enter's effects not shown yet: (turn, input text)
 
     # --- layout ----------------------------------------------------------------------------------
 
@@ -173,8 +175,7 @@ class ChatScreen(Screen):
         except SessionError as exc:
             self.status.show(str(exc), kind="error")
             return
-        self.input.value = ""
-        self._start(turn)
+        self._start(turn, submitted=event.value)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         """``?`` typed into the empty input opens the help (the input keeps printable keys to itself,
@@ -183,25 +184,35 @@ class ChatScreen(Screen):
             self.input.value = ""
             self.action_help()
 
-    def _start(self, turn: Turn) -> None:
-        """Start generating at once; while the answer streams the screen changes little.
+    def _start(self, turn: Turn, submitted: str | None = None) -> None:
+        """Start generating at once; until the first text the screen does not change.
 
-        The model's prefill needs every core: laying out the question, the draft box, the footer's
-        keys and the disabled input meanwhile took the UI thread ~65 ms of CPU, and the model's
-        first token came 17% later in the app than alone (255 vs 218 ms on an idle machine,
-        ``benchmarks/chat_latency.py``). So until the first text only the
-        status line changes; the first text brings the draft box, and once it is painted the
-        question above it (and the question's red-flag banner). Measured idle: ~13 ms of UI CPU from
-        Enter to the first visible token; on screen 175 ms against the backend's own 155 ms
-        (``benchmarks/chat_latency.py``). The input and footer give the keys to the draft when it is
-        complete (:meth:`on_generation_done`). Esc cancels throughout (the input has no Esc key).
+        The model's prefill needs every core, and any screen layout meanwhile delays its first token
+        by about its own UI CPU time. Enter's visible effects (the input cleared, its cursor's blink stopped,
+        "Generating…" in the status line; ~3 ms of UI CPU with a layout) wait for the first text's paint
+        (:meth:`on_draft_view_shown`), or ``FEEDBACK_S`` if the model is slower than that, so a
+        slow model's user still sees at once that Enter took. The first text brings the draft box;
+        once it is painted, the question above it (and the question's red-flag banner) and Enter's
+        effects follow in one frame. Measured: ``benchmarks/chat_latency.py`` (closing notes of
+        issue #10). The input and footer give the keys to the draft when it is complete
+        (:meth:`on_generation_done`). Esc cancels throughout (the input has no Esc key).
         """
         self.first_shown = threading.Event()
         self.generate(turn, self.first_shown)
         if self.draft_view is not None:  # regenerate: the discarded draft goes now
             self.draft_view.remove()
             self.draft_view = None
-        self.input.cursor_blink = False  # no repaint every 0.5 s while the model needs the cores
+        self._feedback = (turn, submitted)
+        self.set_timer(self.FEEDBACK_S, lambda: self._show_generating(turn))
+
+    def _show_generating(self, turn: Turn) -> None:
+        """Enter's visible effects for ``turn``, once (a no-op if already shown or for an older turn)."""
+        if self._feedback is None or self._feedback[0] is not turn:
+            return
+        submitted, self._feedback = self._feedback[1], None
+        self.input.cursor_blink = False  # no repaint every 0.5 s while the model decodes (a repaint itself)
+        if submitted is not None and self.input.value == submitted:  # keep anything typed since
+            self.input.value = ""
         notice = (f"History trimmed: the {turn.dropped} oldest messages are left out to fit the "
                   f"{self.session.n_ctx}-token context." if turn.dropped else "")
         self.status.show("Generating a draft… Esc cancels.", notice=notice, kind="busy")
@@ -231,14 +242,17 @@ class ChatScreen(Screen):
             await self.transcript.mount(self.pending, before=self.draft_view)
 
     async def on_draft_view_shown(self, message: DraftView.Shown) -> None:
-        """The first text is on screen: decoding goes on, the question appears above the draft, and a red
-        flag in the question shows now."""
+        """The first text is on screen: the question appears above the draft, with Enter's effects and
+        a red flag in the question; decoding goes on once that frame is painted (laid out alone, it
+        takes no core from the model)."""
         if message.turn is not self.session.turn:
             return
-        self.first_shown.set()
+        first_shown = self.first_shown
         await self._mount_question(message.turn)
+        self._show_generating(message.turn)
         if message.turn.question_check.red_flags and self.session.state is State.GENERATING:
             self.banner.show_hits(message.turn.question_check.red_flags)
+        self.call_after_refresh(first_shown.set)
 
     @work(thread=True, group="generate", exit_on_error=False)
     def generate(self, turn: Turn, first_shown: threading.Event) -> None:
@@ -274,6 +288,7 @@ class ChatScreen(Screen):
     async def on_generation_done(self, message: GenerationDone) -> None:
         if message.turn is not self.session.turn:
             return
+        self._show_generating(message.turn)  # an answer faster than FEEDBACK_S with no text
         draft = self.session.complete(message.turn)
         if draft is None:
             self._idle("Cancelled; the partial draft is in the audit log. The question is back in the input.",
@@ -284,8 +299,10 @@ class ChatScreen(Screen):
         if self.draft_view is None:  # an empty draft: nothing was streamed
             await self._show_turn(message.turn)
             await self._mount_question(message.turn)
-            if self.session.draft is not draft:  # a key decided on it meanwhile
-                return
+        else:
+            await self.draft_view.settle()  # an answer streamed in one piece renders as Markdown too
+        if self.session.draft is not draft:  # a key decided on it meanwhile
+            return
         result = message.turn.result
         self.draft_view.finish(result.finish_reason, result.completion_tokens)
         self.banner.show_hits(draft.assessment.red_flags)
@@ -299,6 +316,7 @@ class ChatScreen(Screen):
     def on_generation_failed(self, message: GenerationFailed) -> None:
         if message.turn is not self.session.turn:
             return
+        self._show_generating(message.turn)
         self.session.failed(message.turn)
         self._idle(f"Generation failed: {message.error}", kind="error", question=message.turn.question)
 
@@ -372,6 +390,7 @@ class ChatScreen(Screen):
 
     def action_cancel(self) -> None:
         if self.session.state is State.GENERATING:
+            self._show_generating(self.session.turn)  # then "Cancelling…" replaces its status
             self.session.cancel()
             self.first_shown.set()  # a worker waiting for the first text to show stops at once
             self.status.show("Cancelling…", kind="busy")
