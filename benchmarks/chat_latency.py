@@ -5,7 +5,8 @@ For the same prompt (the chat template over the system prompt and one question, 
 both paths produce the same tokens), each repeat measures:
 
 - **backend**: ``backend.stream(prompt_ids)`` called directly — TTFT = call → first token id;
-  decode rate = (tokens − 1) / (last token − first token).
+  decode rate = (tokens − 1) / (last token − first token). Its chat template + tokenizer time for
+  the same messages is timed apart and printed on its own line (the app's figure includes it).
 - **app**: the real Textual app (headless, 80x24, driven by the pilot) — TTFT = the moment Enter is
   pressed → the first draft text is on screen (``DraftView.first_shown_at``: after the screen
   refreshed with it); rate = (tokens − 1) / (last text on screen − first text on screen). This
@@ -16,8 +17,17 @@ both paths produce the same tokens), each repeat measures:
 
 llama.cpp keeps the KV cache of its last sequence and reuses a common prefix, so before every
 measured run (both paths) an unrelated text is scored to flush it: each run prefills the whole
-prompt. The two paths alternate order per repeat; medians over ``--repeats`` are printed with
+prompt. With ``--history N`` the conversation already holds N approved exchanges (questions and
+answers from the built-in corpus): they are in the prompt and on screen, as when a clinician asks
+the next question, and before every run (both paths) the backend's cache is primed with the
+conversation so far (system prompt + history, as llama.cpp holds it after the last answer), so each
+run prefills only the new question. This is the case where the screen's cost weighs most: a short
+prefill behind a long transcript, every widget of which a layout visits. The two paths alternate order per repeat; medians over ``--repeats`` are printed with
 their ratio (target: app TTFT within 10% of the backend's), and the load average beside them.
+
+Every model call runs on the app's one worker thread (the event loop's default executor, as the
+app's generation does): llama.cpp's OpenMP keeps a pool of spinning threads per calling thread, and
+with two pools on 2 cores libgomp throttles its spinning, which slowed decoding ~1.6× in the test.
 
 The medians ratio compares two populations taken minutes apart; the "paired" line takes the
 median of app/backend over the adjacent runs of each repeat (robust to the machine's slow phases).
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -45,6 +56,7 @@ from distillm_edge.chat.run import open_chat_backend
 from distillm_edge.chat.session import ChatSession, State
 from distillm_edge.chat.store import ConversationStore
 from distillm_edge.chat.widgets.draft import DraftView
+from distillm_edge.data.readers import BUILTIN_CORPUS
 from distillm_edge.safety.audit import AuditLog
 from distillm_edge.safety.redflags import load_rules
 
@@ -52,17 +64,35 @@ QUESTION = "What are the first-line treatments for high blood pressure in adults
 FLUSH = "An unrelated sentence about the weather, scored to push the prompt out of the KV cache."
 
 
+PRIME: list[int] = []  # with --history: the conversation so far, cached before each run
+
+
 def flush(backend) -> None:
-    backend.token_logprobs(backend.tokenize(FLUSH))
+    """Before a run: the cache holds an unrelated text (no history) or the conversation so far."""
+    backend.token_logprobs(PRIME or backend.tokenize(FLUSH))
 
 
-def backend_run(backend, prompt_ids: list[int], max_tokens: int) -> dict:
+def seed_history(store: ConversationStore, n: int) -> str:
+    """A saved conversation of ``n`` approved exchanges from the built-in corpus; returns its id."""
+    with open(BUILTIN_CORPUS, encoding="utf-8") as f:
+        rows = [json.loads(line) for _, line in zip(range(n), f)]
+    conv = store.create(rows[0]["question"][:60])
+    for row in rows:
+        store.add_exchange(conv.id, row["question"], row["answer"], "benchmark")
+    return conv.id
+
+
+def backend_run(backend, messages: list[dict], max_tokens: int) -> dict:
+    """The backend alone: TTFT from ``stream(ids)`` (the table), and the time the chat template and
+    tokenizer took to make ``ids`` from the messages, as a chat API spends it before that call."""
     flush(backend)
+    tokenize_started = time.perf_counter()
+    prompt_ids = backend.chat_ids(messages)
     started = time.perf_counter()
     stamps = []
     for _ in backend.stream(prompt_ids, max_tokens, temperature=0.0):
         stamps.append(time.perf_counter())
-    return {"ttft": stamps[0] - started, "tokens": len(stamps),
+    return {"ttft": stamps[0] - started, "tokens": len(stamps), "tokenize": started - tokenize_started,
             "rate": (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")}
 
 
@@ -70,7 +100,7 @@ async def app_run(pilot, session: ChatSession) -> dict:
     screen = pilot.app.chat
     screen.input.value = ""  # Esc on the last draft put its question back
     await pilot.press(*QUESTION)
-    flush(session.backend)
+    await asyncio.to_thread(flush, session.backend)
     started, started_cpu = time.perf_counter(), time.thread_time()  # the app runs in this thread
     await pilot.press("enter")
     while session.state is not State.DRAFT:
@@ -98,21 +128,34 @@ async def main(args) -> None:
                               ConversationStore(Path(tmp) / "chat.sqlite3"), DEFAULT_SYSTEM_PROMPT, settings,
                               clinician="benchmark")
         session.load()
-        prompt_ids = backend.chat_ids([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
-                                       {"role": "user", "content": QUESTION}])
+        if args.history:
+            session.resume(seed_history(session.store, args.history))
+        system = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}]
+        messages = [*system, *session.history, {"role": "user", "content": QUESTION}]
+        prompt_ids = backend.chat_ids(messages)
+        if args.history:
+            so_far = backend.chat_ids([*system, *session.history])
+            PRIME[:] = so_far[:next((i for i, (a, b) in enumerate(zip(so_far, prompt_ids)) if a != b),
+                                    min(len(so_far), len(prompt_ids)))]
         info = backend.info
         print(f"model {info.model} · {info.backend} {info.dtype} · {info.threads} threads · prompt "
-              f"{len(prompt_ids)} tokens · up to {args.max_tokens} new tokens · {args.repeats} repeats")
+              f"{len(prompt_ids)} tokens" + (f" ({len(PRIME)} cached: {args.history} exchanges before it)"
+                                             if args.history else "") +
+              f" · up to {args.max_tokens} new tokens · {args.repeats} repeats")
         rows = {"backend": [], "app": []}
         async with build_app(session, model_label=args.model, export_dir=tmp).run_test(size=(80, 24)) as pilot:
             while session.state is not State.IDLE:
                 await pilot.pause(0.01)
+            if args.history:
+                pilot.app.chat._show_conversation()  # as resuming it from the conversations list does
+                await pilot.pause()
             await app_run(pilot, session)  # warm-up (first Markdown render, worker pool)
-            backend_run(backend, prompt_ids, args.max_tokens)
+            await asyncio.to_thread(backend_run, backend, messages, args.max_tokens)
             for r in range(args.repeats):
                 order = ("backend", "app") if r % 2 == 0 else ("app", "backend")
                 for path in order:
-                    rows[path].append(backend_run(backend, prompt_ids, args.max_tokens) if path == "backend"
+                    rows[path].append(await asyncio.to_thread(backend_run, backend, messages, args.max_tokens)
+                                      if path == "backend"
                                       else await app_run(pilot, session))
         assert all(row["tokens"] == rows["backend"][0]["tokens"] for rows_ in rows.values() for row in rows_), \
             "greedy runs should produce the same number of tokens on both paths"
@@ -147,6 +190,10 @@ async def main(args) -> None:
           f"{overhead / ttft_w:.1%} of the backend's TTFT in the same runs (target <= 10%); "
           f"screen/backend medians {ttft_a / ttft_b - 1:+.1%}; slowest runs "
           f"{', '.join(f'{x * 1000:.1f}' for x in overheads[-3:])} ms")
+    tokenize = statistics.median(r["tokenize"] for r in rows["backend"])
+    with_template = statistics.median(a["ttft"] / (b["ttft"] + b["tokenize"]) for a, b in zip(rows["app"], rows["backend"]))
+    print(f"backend's chat template + tokenizer for this prompt: median {tokenize * 1000:.1f} ms; counted in the "
+          f"backend's TTFT (as a chat API spends it), paired app/backend: {with_template:.3f} ({with_template - 1:+.1%})")
     print(f"UI thread's CPU time from Enter to the first visible token: median "
           f"{statistics.median(r['ui_cpu'] for r in rows['app']) * 1000:.1f} ms (the model's prefill shares the cores with it), "
           f"{statistics.median(r['ui_cpu_to_text'] for r in rows['app']) * 1000:.1f} ms of it before the first text reached the UI")
@@ -163,7 +210,9 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="backend threads (0: the backend's default)")
+    parser.add_argument("--history", type=int, default=0,
+                        help="approved exchanges already in the conversation (cached by the backend)")
     args = parser.parse_args()
-    if args.repeats < 1 or args.max_tokens < 2:
-        sys.exit("--repeats must be >= 1 and --max-tokens >= 2")
+    if args.repeats < 1 or args.max_tokens < 2 or args.history < 0:
+        sys.exit("--repeats must be >= 1, --max-tokens >= 2 and --history >= 0")
     asyncio.run(main(args))

@@ -4,11 +4,21 @@ The app holds no chat logic: it pushes the :class:`~distillm_edge.chat.screens.c
 over a :class:`~distillm_edge.chat.session.ChatSession` (which owns the backend, store, rules and
 audit log). ctrl+q quits (a draft still open is logged as cancelled), ctrl+t switches light/dark.
 
+The app's thread workers (the model's load and each generation) run on one thread, the event
+loop's default executor set to a single worker. llama.cpp's OpenMP keeps a pool of threads per
+calling thread, and once two pools exist on a 2-core machine libgomp cuts their spinning: with the
+model called from two threads, ``benchmarks/chat_latency.py --history 20`` saw the app decode at
+~0.5x the backend alone and its first token ~15 ms later; from one thread they match. A fresh
+default pool would mostly reuse one thread too, but not when a job starts while another is ending;
+one thread also means two model calls never overlap.
+
 Test: ``pytest tests/chat``.
 """
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from textual.app import App
@@ -34,6 +44,7 @@ class ChatApp(App):
         self.theme = THEMES[theme]
 
     def on_mount(self) -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1, thread_name_prefix="chat-model"))
         self.push_screen(ChatScreen(self.session, self.model_label, self.export_dir))
 
     @property

@@ -4,8 +4,8 @@ Enter changes nothing on screen (no layout) until the first text, which then bri
 (input cleared, "Generating…"); the question's red-flag check runs after the first token (its banner
 still shows while streaming, and one-key approval is still blocked; a cancellation during the
 prefill still logs the question's red flags); the draft box the first token shows in was mounted,
-hidden, while the chat was idle, and shows that text without mounting a widget; the Markdown view
-takes over at the next text or at the end; the status line skips a screen layout only when its
+hidden, while the chat was idle, and the answer streams into its one Markdown body without mounting
+a widget; each approved message is one widget; the status line skips a screen layout only when its
 height cannot change.
 
 Run: ``pytest tests/chat/test_chat_first_token.py``.
@@ -13,20 +13,27 @@ Run: ``pytest tests/chat/test_chat_first_token.py``.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from chat_helpers import GatedBackend, actions, ask, drafts, posted_of, wait_for
 from textual.app import App
 from textual.screen import Screen
-from textual.widgets import Input, Static
+from textual.widgets import Input
 
+from distillm_edge.backends.generate import GenerationSettings
 from distillm_edge.chat import session as session_module
+from distillm_edge.chat.app import build_app
 from distillm_edge.chat.messages import GenerationDone
 from distillm_edge.chat.screens.ack import AckScreen
-from distillm_edge.chat.session import State
+from distillm_edge.chat.session import ChatSession, State
+from distillm_edge.chat.store import ConversationStore
 from distillm_edge.chat.widgets.banner import RedFlagBanner
 from distillm_edge.chat.widgets.draft import DraftView
 from distillm_edge.chat.widgets.message import MessageView
 from distillm_edge.chat.widgets.status import StatusLine
+from distillm_edge.safety.audit import AuditLog
 
 pytestmark = pytest.mark.anyio
 QUESTION = "What is the usual adult dose of amoxicillin?"
@@ -218,41 +225,100 @@ async def test_text_typed_during_the_prefill_is_kept(make_session, make_app, tin
         assert session.turn.question == QUESTION
 
 
-async def test_the_first_text_shows_plain_then_the_markdown_view_takes_over(make_session, make_app, tiny_backend):
-    """The first piece shows in the plain view (nothing mounted); the next piece, or the end of the
-    answer, hands the whole text to the Markdown view, which then shows it once, in order."""
+async def test_the_draft_streams_into_one_markdown_view_without_mounting(make_session, make_app, tiny_backend):
+    """The first text and every later piece update the same body widget (nothing is mounted while
+    the answer streams); the body shows the whole text so far as Markdown."""
     gated = GatedBackend(tiny_backend)
     session = make_session(backend=gated, max_new_tokens=12)
     async with make_app(session).run_test() as pilot:
         screen = pilot.app.chat
         await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
+        await pilot.pause()
+        spare = screen.spare
+        widgets_before = list(spare.walk_children())
         await pilot.press(*QUESTION, "enter")
         await wait_for(pilot, lambda: gated.first_token.is_set() and drafts(screen)
                        and drafts(screen)[0].first_shown_at is not None, "the first text on screen")
-        view = drafts(screen)[0]
-        first = view.query_one("#draft-first", Static)
-        assert first.display and str(first.render()) == view.text and view.text
-        assert view.body.source == "" and not view.body.children
+        assert list(spare.walk_children()) == widgets_before
         gated.release.set()
         await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
         await pilot.pause()
-        assert not first.display and view.body.source == view.text == session.draft.text
+        assert list(spare.walk_children()) == widgets_before
+        assert spare.text == session.draft.text and spare.body.content.markup == session.draft.text
 
 
-async def test_an_answer_streamed_in_one_piece_ends_in_the_markdown_view():
-    """One piece only (the whole answer at once): :meth:`DraftView.settle` at the end still hands it
-    to the Markdown view, once."""
+async def test_the_body_renders_markdown():
     class One(App):
         def compose(self):
             yield DraftView(turn="turn")
 
-    async with One().run_test() as pilot:
+    async with One().run_test(size=(60, 10)) as pilot:
         view = pilot.app.query_one(DraftView)
-        await view.append("**Amoxicillin** 500 mg")
+        view.append("**Amoxicillin** 500 mg")
+        view.append(" twice daily\n\n- with food")
         await pilot.pause()
-        assert view.first.display and view.body.source == ""
-        assert await view.settle() is True
-        assert not view.first.display and view.body.source == "**Amoxicillin** 500 mg"
-        assert await view.settle() is False
-        await view.append(" twice daily")
-        assert view.body.source == "**Amoxicillin** 500 mg twice daily" == view.text
+        assert view.text == "**Amoxicillin** 500 mg twice daily\n\n- with food"
+        lines = [strip.text for strip in view.body.render_lines(view.body.content_region.reset_offset)]
+        shown = "\n".join(lines)
+        assert "Amoxicillin 500 mg twice daily" in shown and "**" not in shown
+        assert any(line.strip().startswith("•") and "with food" in line for line in lines)
+
+
+async def test_each_approved_message_is_one_widget(make_session, make_app):
+    """Every layout visits every widget in the transcript: an exchange adds two, however long."""
+    session = make_session(max_new_tokens=24)
+    async with make_app(session).run_test() as pilot:
+        screen = pilot.app.chat
+        for question in (QUESTION, "And for children?"):
+            await ask(pilot, session, question)
+            await pilot.press("a")
+            await pilot.pause()
+        views = list(screen.query(MessageView))
+        assert [v.role for v in views] == ["user", "assistant", "user", "assistant"]
+        assert all(not list(v.walk_children()) for v in views)
+        spare_widgets = len(list(screen.spare.walk_children())) + 1
+        assert len(list(screen.transcript.walk_children())) == 4 + spare_widgets
+
+
+class Threads:
+    """The real backend; notes the thread of every model call (the app's load calls its factory)."""
+
+    def __init__(self, backend, threads: list):
+        self._backend, self.threads = backend, threads
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def stream(self, ids, max_new_tokens, **kwargs):
+        self.threads.append(threading.get_ident())
+        yield from self._backend.stream(ids, max_new_tokens, **kwargs)
+
+
+async def test_the_load_and_every_generation_run_on_one_thread(tmp_path, tiny_backend, rules):
+    """llama.cpp's OpenMP keeps a thread pool per calling thread; two pools on two cores throttle
+    each other. The app's model calls all run on its one worker thread, never on the UI's."""
+    threads: list = []
+
+    def load():
+        threads.append(threading.get_ident())
+        return Threads(tiny_backend, threads)
+
+    session = ChatSession(load, rules, AuditLog(tmp_path / "audit.sqlite3"),
+                          ConversationStore(tmp_path / "chat.sqlite3"), "You are a careful assistant.",
+                          GenerationSettings(max_new_tokens=4), clinician="Dr Test")
+    async with build_app(session, export_dir=tmp_path).run_test() as pilot:
+        for question in (QUESTION, "And for children?", "And in pregnancy?"):
+            await ask(pilot, session, question)
+            await pilot.press("g" if question.startswith("And for") else "a")
+            await pilot.pause()
+            if question.startswith("And for"):
+                await wait_for(pilot, lambda: session.state is State.DRAFT, "the regenerated draft")
+                await pilot.press("a")
+                await pilot.pause()
+        # two jobs at once still share the one thread (the default executor would start a second)
+        import asyncio
+        loop = asyncio.get_running_loop()
+        both = await asyncio.gather(*(loop.run_in_executor(None, lambda: (time.sleep(0.05), threading.get_ident())[1])
+                                      for _ in range(2)))
+    assert len(threads) == 5 and len(set(threads)) == 1 and threads[0] != threading.get_ident()
+    assert set(both) == {threads[0]}

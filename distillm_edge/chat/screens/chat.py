@@ -282,7 +282,7 @@ class ChatScreen(Screen):
             return
         if self.draft_view is None:
             await self._show_turn(message.turn)
-        await self.draft_view.append(message.text)
+        self.draft_view.append(message.text)
         self.transcript.scroll_end(animate=False)
 
     async def on_generation_done(self, message: GenerationDone) -> None:
@@ -299,10 +299,8 @@ class ChatScreen(Screen):
         if self.draft_view is None:  # an empty draft: nothing was streamed
             await self._show_turn(message.turn)
             await self._mount_question(message.turn)
-        else:
-            await self.draft_view.settle()  # an answer streamed in one piece renders as Markdown too
-        if self.session.draft is not draft:  # a key decided on it meanwhile
-            return
+            if self.session.draft is not draft:  # a key decided on it meanwhile
+                return
         result = message.turn.result
         self.draft_view.finish(result.finish_reason, result.completion_tokens)
         self.banner.show_hits(draft.assessment.red_flags)

@@ -4,11 +4,11 @@ While generating it says so (Esc cancels); once complete it lists the decision k
 never part of the conversation until the clinician approves it. The chat screen mounts the next
 draft's box hidden while idle and shows it at the first text (``turn`` is set then).
 
-The first text lands in a plain one-line ``Static`` composed with the box, and the Markdown view
-takes over at the next text (or at :meth:`settle`, when the answer ends): the first paint then
-mounts no widget and renders no Markdown block, which cut the chat's time from the model's first
-token to the screen from ~5.8 to ~4.1 ms on the 2-core machine (``benchmarks/chat_latency.py``).
-A first token that is Markdown syntax ("**", "1.") shows raw for that one frame (~0.1 s).
+The body is one ``Static`` that shows Rich's Markdown of the whole text so far, re-rendered per
+update (the chat posts at most 10 a second; ~2.5 ms for 260 words). Textual's Markdown widget mounts
+a widget per block instead: the first paint then mounted one, and every later layout visits them
+all. With this body the first paint mounts nothing (``benchmarks/chat_latency.py``: the chat's time
+from the model's first token to the screen fell from ~5.8 to ~4 ms).
 
 ``first_text_at`` records (``time.perf_counter``) when the first text reached the UI thread,
 ``first_shown_at`` / ``last_shown_at`` when the first and latest text became visible (after the
@@ -22,22 +22,15 @@ Test: ``pytest tests/chat/test_chat_app.py tests/chat/test_chat_first_token.py``
 from __future__ import annotations
 
 import time
-from functools import cache
 
-from markdown_it import MarkdownIt
+from rich.markdown import Markdown
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Label, Markdown, Static
+from textual.widgets import Label, Static
 
 GENERATING = "DRAFT · generating… (Esc cancels)"
 READY = "DRAFT · not approved · awaiting your review"
-
-
-@cache
-def markdown_parser() -> MarkdownIt:
-    """One parser for every streamed piece: Textual's default builds a new one (~1 ms) per append."""
-    return MarkdownIt("gfm-like")  # Textual's default configuration
 
 
 class DraftView(Vertical):
@@ -51,8 +44,7 @@ class DraftView(Vertical):
     DEFAULT_CSS = """
     DraftView { height: auto; border: heavy $warning; border-title-color: $warning;
                 border-title-style: bold; padding: 0 0; margin: 0 0 1 0; }
-    DraftView Markdown { margin: 0; padding: 0 1; }
-    DraftView #draft-first { padding: 0 1; }
+    DraftView #draft-body { padding: 0 1; }
     DraftView .finish { color: $text-muted; padding: 0 1; }
     """
 
@@ -69,41 +61,22 @@ class DraftView(Vertical):
         self.border_title = GENERATING
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="draft-first", markup=False)
-        yield Markdown("", id="draft-body", parser_factory=markdown_parser)
+        yield Static("", id="draft-body")
         yield Label("", classes="finish")
 
     @property
-    def body(self) -> Markdown:
-        return self.query_one("#draft-body", Markdown)
+    def body(self) -> Static:
+        return self.query_one("#draft-body", Static)
 
-    @property
-    def first(self) -> Static:
-        """The plain view of the first text, until the Markdown view takes over."""
-        return self.query_one("#draft-first", Static)
-
-    async def append(self, text: str) -> None:
+    def append(self, text: str) -> None:
         """Add streamed text and re-render; records when it arrived and when it became visible."""
         if not text:
             return
         if not self.text:
             self.first_text_at, self.first_text_cpu = time.perf_counter(), time.thread_time()
-            self.text = text
-            self.first.update(text)
-        else:
-            self.text += text
-            if not await self.settle():
-                await self.body.append(text)  # incremental: only the last block is parsed again
-        length = len(self.text)
-        self.call_after_refresh(self._shown, length)
-
-    async def settle(self) -> bool:
-        """Hand the text from the plain first view to the Markdown view; True if it did (once)."""
-        if not self.first.display or not self.text:
-            return False
-        self.first.display = False
-        await self.body.append(self.text)
-        return True
+        self.text += text
+        self.body.update(Markdown(self.text))
+        self.call_after_refresh(self._shown, len(self.text))
 
     def _shown(self, length: int) -> None:
         now = time.perf_counter()
