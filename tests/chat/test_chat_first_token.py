@@ -42,16 +42,18 @@ RULE = "cardiac.chest_pain_radiation"
 
 
 class Recording:
-    """The real backend; its stream notes in ``events`` when the prefill starts and its first token."""
+    """The real backend; its stream notes in ``events`` when the prefill starts and its first token,
+    and in ``threads`` the thread it runs on."""
 
-    def __init__(self, backend, events: list):
-        self._backend, self.events = backend, events
+    def __init__(self, backend, events: list, threads: list | None = None):
+        self._backend, self.events, self.threads = backend, events, threads if threads is not None else []
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
     def stream(self, ids, max_new_tokens, **kwargs):
         self.events.append("prefill")
+        self.threads.append(threading.get_ident())
         for i, token in enumerate(self._backend.stream(ids, max_new_tokens, **kwargs)):
             if i == 0:
                 self.events.append("first token")
@@ -280,20 +282,6 @@ async def test_each_approved_message_is_one_widget(make_session, make_app):
         assert len(list(screen.transcript.walk_children())) == 4 + spare_widgets
 
 
-class Threads:
-    """The real backend; notes the thread of every model call (the app's load calls its factory)."""
-
-    def __init__(self, backend, threads: list):
-        self._backend, self.threads = backend, threads
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def stream(self, ids, max_new_tokens, **kwargs):
-        self.threads.append(threading.get_ident())
-        yield from self._backend.stream(ids, max_new_tokens, **kwargs)
-
-
 async def test_the_load_and_every_generation_run_on_one_thread(tmp_path, tiny_backend, rules):
     """llama.cpp's OpenMP keeps a thread pool per calling thread; two pools on two cores throttle
     each other. The app's model calls all run on its one worker thread, never on the UI's."""
@@ -301,7 +289,7 @@ async def test_the_load_and_every_generation_run_on_one_thread(tmp_path, tiny_ba
 
     def load():
         threads.append(threading.get_ident())
-        return Threads(tiny_backend, threads)
+        return Recording(tiny_backend, [], threads)
 
     session = ChatSession(load, rules, AuditLog(tmp_path / "audit.sqlite3"),
                           ConversationStore(tmp_path / "chat.sqlite3"), "You are a careful assistant.",
