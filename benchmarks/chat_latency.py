@@ -33,7 +33,7 @@ The medians ratio compares two populations taken minutes apart; the "paired" lin
 median of app/backend over the adjacent runs of each repeat (robust to the machine's slow phases).
 
 Run: ``python benchmarks/chat_latency.py`` (embedded SmolLM2 GGUF; ``--model/--backend`` for
-others, ``--repeats 7 --max-tokens 48 --threads 1``). The second table line, "chat overhead", is
+others, ``--repeats 7 --max-tokens 48 --threads 1``; ``--history 20`` for a long conversation). The second table line, "chat overhead", is
 the robust figure on a loaded machine: it subtracts, inside each app run, the backend's own TTFT.
 """
 
