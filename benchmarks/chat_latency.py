@@ -22,8 +22,9 @@ answers from the built-in corpus): they are in the prompt and on screen, as when
 the next question, and before every run (both paths) the backend's cache is primed with the
 conversation so far (system prompt + history, as llama.cpp holds it after the last answer), so each
 run prefills only the new question. This is the case where the screen's cost weighs most: a short
-prefill behind a long transcript, every widget of which a layout visits. The two paths alternate order per repeat; medians over ``--repeats`` are printed with
-their ratio (target: app TTFT within 10% of the backend's), and the load average beside them.
+prefill behind a long transcript, every widget of which a layout visits. The two paths alternate
+order per repeat; medians over ``--repeats`` are printed with their ratio (target: app TTFT within
+10% of the backend's), and the load average beside them.
 
 Every model call runs on the app's one worker thread (the event loop's default executor, as the
 app's generation does): llama.cpp's OpenMP keeps a pool of spinning threads per calling thread, and
@@ -33,8 +34,9 @@ The medians ratio compares two populations taken minutes apart; the "paired" lin
 median of app/backend over the adjacent runs of each repeat (robust to the machine's slow phases).
 
 Run: ``python benchmarks/chat_latency.py`` (embedded SmolLM2 GGUF; ``--model/--backend`` for
-others, ``--repeats 7 --max-tokens 48 --threads 1``; ``--history 20`` for a long conversation). The second table line, "chat overhead", is
-the robust figure on a loaded machine: it subtracts, inside each app run, the backend's own TTFT.
+others, ``--repeats 7 --max-tokens 48 --threads 1``; ``--history 20`` for a long conversation). The
+"chat overhead" line is the robust figure on a loaded machine: it subtracts, inside each app run,
+the backend's own TTFT.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from distillm_edge.backends.base import common_prefix
 from distillm_edge.backends.generate import GenerationSettings
 from distillm_edge.chat.app import build_app
 from distillm_edge.chat.config import DEFAULT_SYSTEM_PROMPT
@@ -64,12 +67,9 @@ QUESTION = "What are the first-line treatments for high blood pressure in adults
 FLUSH = "An unrelated sentence about the weather, scored to push the prompt out of the KV cache."
 
 
-PRIME: list[int] = []  # with --history: the conversation so far, cached before each run
-
-
-def flush(backend) -> None:
-    """Before a run: the cache holds an unrelated text (no history) or the conversation so far."""
-    backend.token_logprobs(PRIME or backend.tokenize(FLUSH))
+def flush(backend, prime: list[int]) -> None:
+    """Before a run: the cache holds the conversation so far (``prime``) or, with none, an unrelated text."""
+    backend.token_logprobs(prime or backend.tokenize(FLUSH))
 
 
 def seed_history(store: ConversationStore, n: int) -> str:
@@ -82,10 +82,10 @@ def seed_history(store: ConversationStore, n: int) -> str:
     return conv.id
 
 
-def backend_run(backend, messages: list[dict], max_tokens: int) -> dict:
+def backend_run(backend, messages: list[dict], max_tokens: int, prime: list[int]) -> dict:
     """The backend alone: TTFT from ``stream(ids)`` (the table), and the time the chat template and
     tokenizer took to make ``ids`` from the messages, as a chat API spends it before that call."""
-    flush(backend)
+    flush(backend, prime)
     tokenize_started = time.perf_counter()
     prompt_ids = backend.chat_ids(messages)
     started = time.perf_counter()
@@ -96,11 +96,11 @@ def backend_run(backend, messages: list[dict], max_tokens: int) -> dict:
             "rate": (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")}
 
 
-async def app_run(pilot, session: ChatSession) -> dict:
+async def app_run(pilot, session: ChatSession, prime: list[int]) -> dict:
     screen = pilot.app.chat
     screen.input.value = ""  # Esc on the last draft put its question back
     await pilot.press(*QUESTION)
-    await asyncio.to_thread(flush, session.backend)
+    await asyncio.to_thread(flush, session.backend, prime)
     started, started_cpu = time.perf_counter(), time.thread_time()  # the app runs in this thread
     await pilot.press("enter")
     while session.state is not State.DRAFT:
@@ -133,13 +133,13 @@ async def main(args) -> None:
         system = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}]
         messages = [*system, *session.history, {"role": "user", "content": QUESTION}]
         prompt_ids = backend.chat_ids(messages)
+        prime = []  # with --history: the conversation so far, as the backend holds it after the last answer
         if args.history:
             so_far = backend.chat_ids([*system, *session.history])
-            PRIME[:] = so_far[:next((i for i, (a, b) in enumerate(zip(so_far, prompt_ids)) if a != b),
-                                    min(len(so_far), len(prompt_ids)))]
+            prime = so_far[:common_prefix(so_far, prompt_ids)]
         info = backend.info
         print(f"model {info.model} · {info.backend} {info.dtype} · {info.threads} threads · prompt "
-              f"{len(prompt_ids)} tokens" + (f" ({len(PRIME)} cached: {args.history} exchanges before it)"
+              f"{len(prompt_ids)} tokens" + (f" ({len(prime)} cached: {args.history} exchanges before it)"
                                              if args.history else "") +
               f" · up to {args.max_tokens} new tokens · {args.repeats} repeats")
         rows = {"backend": [], "app": []}
@@ -149,14 +149,14 @@ async def main(args) -> None:
             if args.history:
                 pilot.app.chat._show_conversation()  # as resuming it from the conversations list does
                 await pilot.pause()
-            await app_run(pilot, session)  # warm-up (first Markdown render, worker pool)
-            await asyncio.to_thread(backend_run, backend, messages, args.max_tokens)
+            await app_run(pilot, session, prime)  # warm-up (first Markdown render, worker pool)
+            await asyncio.to_thread(backend_run, backend, messages, args.max_tokens, prime)
             for r in range(args.repeats):
                 order = ("backend", "app") if r % 2 == 0 else ("app", "backend")
                 for path in order:
-                    rows[path].append(await asyncio.to_thread(backend_run, backend, messages, args.max_tokens)
+                    rows[path].append(await asyncio.to_thread(backend_run, backend, messages, args.max_tokens, prime)
                                       if path == "backend"
-                                      else await app_run(pilot, session))
+                                      else await app_run(pilot, session, prime))
         assert all(row["tokens"] == rows["backend"][0]["tokens"] for rows_ in rows.values() for row in rows_), \
             "greedy runs should produce the same number of tokens on both paths"
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from distillm_edge.backends.base import BackendInfo, log_softmax, sample
+from distillm_edge.backends.base import BackendInfo, common_prefix, log_softmax, sample
 from distillm_edge.errors import UserError
 
 _END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
@@ -129,11 +129,7 @@ class LlamaCppBackend:
         if len(ids) > self.n_ctx:
             raise UserError(f"a sequence of {len(ids)} tokens exceeds the llama.cpp context of {self.n_ctx}; "
                             "open the backend with a larger n_ctx or shorten the prompt.")
-        keep = 0
-        for a, b in zip(self._cached, ids[:first]):
-            if a != b:
-                break
-            keep += 1
+        keep = common_prefix(self._cached, ids[:first])
         ctx = self.native._ctx
         if not ctx.kv_cache_seq_rm(0, keep, -1):  # this memory cannot drop a suffix: start over
             ctx.kv_cache_seq_rm(0, 0, -1)

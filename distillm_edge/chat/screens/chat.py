@@ -314,7 +314,7 @@ class ChatScreen(Screen):
     def on_generation_failed(self, message: GenerationFailed) -> None:
         if message.turn is not self.session.turn:
             return
-        self._show_generating(message.turn)
+        self._feedback = None  # _idle sets the input and status
         self.session.failed(message.turn)
         self._idle(f"Generation failed: {message.error}", kind="error", question=message.turn.question)
 
@@ -388,7 +388,7 @@ class ChatScreen(Screen):
 
     def action_cancel(self) -> None:
         if self.session.state is State.GENERATING:
-            self._show_generating(self.session.turn)  # then "Cancelling…" replaces its status
+            self._feedback = None  # "Cancelling…" now; the question stays in the input, then _idle
             self.session.cancel()
             self.first_shown.set()  # a worker waiting for the first text to show stops at once
             self.status.show("Cancelling…", kind="busy")

@@ -4,8 +4,8 @@
 Each message is one widget that renders its label and body itself (Rich's Markdown for an answer),
 not a container of a label and Textual's Markdown widget (which mounts a widget per block and list
 item, ~15 for a short answer). Every screen layout visits every widget in the transcript, and the
-first paint of each new draft is such a layout: with 20 exchanges as containers it took ~24 ms,
-four times the chat's whole budget for the first token (``benchmarks/chat_latency.py --history``).
+first paint of each new draft is such a layout: with 20 exchanges as containers it took ~24 ms, as
+single widgets ~7.6 ms (``benchmarks/chat_latency.py --history 20``).
 
 Test: ``pytest tests/chat/test_chat_app.py``.
 """
