@@ -3,7 +3,11 @@
 A backend wraps one loaded model on one runtime (PyTorch/transformers, llama.cpp through
 llama-cpp-python, ONNX Runtime) and offers the same small set of operations:
 
-- ``tokenize`` / ``detokenize`` / ``chat_ids`` (the model's own tokenizer and chat template);
+- ``tokenize`` / ``detokenize`` / ``chat_text`` / ``chat_ids`` (the model's own tokenizer and chat
+  template: ``chat_text`` is the rendered template, special tokens as text, and ``chat_ids`` is
+  exactly ``tokenize(chat_text(...), add_special_tokens=False)``; ``is_special_token(id)`` says
+  whether ``tokenize`` cuts the text at that token's literal before BPE runs, so a caller may
+  tokenize a rendered conversation in pieces cut there, as ``prompt.ChatPromptCache`` does);
 - ``next_token_logprobs(ids)``: float32 log-softmax rows, row *t* is the distribution of the
   token after ``ids[:t+1]`` — used for log-likelihood scoring, KL and top-1 parity;
 - ``token_logprobs(ids, start)``: log p(ids[t] | ids[:t]) for t >= start (perplexity, MCQ scoring);
@@ -49,7 +53,11 @@ class Backend(Protocol):
 
     def detokenize(self, ids: Sequence[int]) -> str: ...
 
+    def chat_text(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str: ...
+
     def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]: ...
+
+    def is_special_token(self, token: int) -> bool: ...
 
     def next_token_logprobs(self, ids: Sequence[int]) -> np.ndarray: ...
 
@@ -62,10 +70,23 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def hf_chat_text(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """``messages`` rendered by a Hugging Face tokenizer's chat template (special tokens as text)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def hf_is_special_token(tokenizer, token: int) -> bool:
+    """Whether a Hugging Face tokenizer cuts ``token`` out of the raw text before anything else runs,
+    whatever text follows: an added token (``<|im_start|>``, ``<start_of_turn>``, ...) matched on the
+    text as written (not normalized) and not only as a whole word."""
+    added = tokenizer.added_tokens_decoder.get(int(token))
+    return added is not None and not added.normalized and not added.single_word
+
+
 def hf_chat_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
     """Token ids of ``messages`` through a Hugging Face tokenizer's chat template: the template adds
     its own special tokens, so the rendered text is tokenized without the tokenizer's (no double BOS)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = hf_chat_text(tokenizer, messages, add_generation_prompt)
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 

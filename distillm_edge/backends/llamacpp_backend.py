@@ -89,17 +89,27 @@ class LlamaCppBackend:
     def _token_text(self, token: int) -> str:
         return self.native.detokenize([token], special=True).decode("utf-8", errors="replace")
 
-    def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    def chat_text(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """``messages`` rendered by the chat template (special tokens as text, not yet tokenized)."""
         if not self.chat_template:
             raise UserError(
                 f"{self.info.path} carries no chat template (GGUF key tokenizer.chat_template); pass "
                 "chat_template= to the backend or use a model whose GGUF has one."
             )
-        text = self._compiled_template().render(
+        return self._compiled_template().render(
             messages=messages, add_generation_prompt=add_generation_prompt,
             bos_token=self._token_text(self.native.token_bos()), eos_token=self._token_text(self.native.token_eos()),
         )
-        return self.tokenize(text, add_special_tokens=False)
+
+    def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        return self.tokenize(self.chat_text(messages, add_generation_prompt), add_special_tokens=False)
+
+    def is_special_token(self, token: int) -> bool:
+        """Whether llama.cpp's tokenizer (special tokens parsed) cuts ``token``'s text out before BPE:
+        the control, user-defined and unknown tokens, the set llama.cpp itself matches literally."""
+        lib = self._lib
+        literal = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_USER_DEFINED | lib.LLAMA_TOKEN_ATTR_UNKNOWN
+        return bool(lib.llama_vocab_get_attr(self.native._model.vocab, int(token)) & literal)
 
     def _compiled_template(self):
         """The chat template compiled once (compiling costs ~20 ms; chat renders it on every turn)."""

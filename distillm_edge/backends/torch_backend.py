@@ -13,7 +13,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from distillm_edge.backends.base import BackendInfo, gather_token_logprobs, hf_chat_ids, sample
+from distillm_edge.backends.base import (
+    BackendInfo,
+    gather_token_logprobs,
+    hf_chat_ids,
+    hf_chat_text,
+    hf_is_special_token,
+    sample,
+)
 
 
 class TorchBackend:
@@ -46,8 +53,14 @@ class TorchBackend:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def chat_text(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return hf_chat_text(self.tokenizer, messages, add_generation_prompt)
+
     def chat_ids(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        return hf_chat_ids(self.tokenizer, messages, add_generation_prompt)
+        return hf_chat_ids(self.tokenizer, messages, add_generation_prompt)  # = tokenize(chat_text(...), False)
+
+    def is_special_token(self, token: int) -> bool:
+        return hf_is_special_token(self.tokenizer, token)
 
     def _logits(self, ids: Sequence[int]):
         import torch

@@ -18,6 +18,13 @@ new red flag needs its own acknowledgment.
 The app calls :meth:`stream` from a worker thread and every other method from the UI thread; a
 session never runs two generations at once (the states forbid it).
 
+Enter tokenizes only the new question: whenever the conversation so far changes (load, approve,
+resume, new conversation, settings) the session renders and tokenizes it while idle, which both
+counts its tokens (:attr:`ctx_used`) and prepares a
+:class:`~distillm_edge.backends.prompt.ChatPromptCache`; :meth:`submit` then takes the prompt
+from the cache, exactly ``backend.chat_ids(messages)`` (it falls back to tokenizing everything
+when the prepared text no longer matches).
+
 Test: ``pytest tests/chat/test_chat_session.py``.
 """
 
@@ -39,6 +46,7 @@ from distillm_edge.backends.generate import (
     fit_messages,
     stream_text,
 )
+from distillm_edge.backends.prompt import ChatPromptCache
 from distillm_edge.chat.store import ConversationStore, title_from
 from distillm_edge.errors import UserError
 from distillm_edge.io import atomic_write_text
@@ -137,6 +145,7 @@ class ChatSession:
         self.turn: Turn | None = None
         self._generations = 0  # seeds differ per generation, so regenerate gives another sample
         self._started = False
+        self._prompt: ChatPromptCache | None = None  # the conversation so far, tokenized while idle
 
     # --- setup -----------------------------------------------------------------------------------
 
@@ -188,7 +197,7 @@ class ChatSession:
         settings = replace(self.settings, seed=self.settings.seed + self._generations)
         messages = [{"role": "system", "content": self.system_prompt}, *self.history,
                     {"role": "user", "content": question}]
-        prompt_ids, kept, dropped = self.backend.chat_ids(messages), messages, 0
+        prompt_ids, kept, dropped = self._prompt_cache().ids(messages), messages, 0
         if len(prompt_ids) + settings.max_new_tokens > self.n_ctx:  # rare: only then trim (and re-tokenize)
             try:
                 kept, dropped = fit_messages(self.backend, messages, self.n_ctx, reserve=settings.max_new_tokens)
@@ -357,8 +366,10 @@ class ChatSession:
         if not system_prompt.strip():
             raise SessionError("the system prompt cannot be empty.")
         self.settings, self.system_prompt = settings, system_prompt.strip()
-        if self.backend is not None and self.state is State.IDLE:
-            self.ctx_used = self._history_tokens()
+        if self.backend is not None:
+            used = self._history_tokens()  # also re-prepares the prompt cache (regenerate uses it)
+            if self.state is State.IDLE:
+                self.ctx_used = used
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -375,10 +386,17 @@ class ChatSession:
         self.state, self.draft, self.turn = State.IDLE, None, None
 
     def _history_tokens(self) -> int:
+        """Tokens of the conversation so far; prepares the prompt cache for the next Enter."""
         if self.backend is None:
             return 0
         messages = [{"role": "system", "content": self.system_prompt}, *self.history]
-        return len(self.backend.chat_ids(messages, add_generation_prompt=False))
+        return len(self._prompt_cache().prepare(messages))
+
+    def _prompt_cache(self) -> ChatPromptCache:
+        """The prompt cache of the current backend (a new, empty one when the backend changed)."""
+        if self._prompt is None or self._prompt.backend is not self.backend:
+            self._prompt = ChatPromptCache(self.backend)
+        return self._prompt
 
     def _need(self, state: State) -> None:
         if self.state is not state:

@@ -1,5 +1,6 @@
 """The chat engine without a UI: the supervision state machine, red-flag acknowledgment (also for an
-edit that brings a new red flag in), trimming to the context window, quitting with an open draft.
+edit that brings a new red flag in), trimming to the context window, quitting with an open draft, and
+the prompt at Enter built from the conversation's idle-time tokens (exactly ``chat_ids``).
 
 Run: ``pytest tests/chat/test_chat_session.py``.
 """
@@ -126,3 +127,57 @@ def test_quit_logs_an_open_draft(session):
     assert rows[-1]["action"] == "cancel" and rows[-1]["reason"] == "quit" and rows[-1]["draft"] == draft.text
     session.abandon()  # nothing open: nothing more logged
     assert len(list(session.audit.rows())) == 2
+
+
+def submit_exact(session, question: str):
+    """Submit ``question``: its prompt must be ``chat_ids`` of what is sent, built on the fast path
+    from the conversation's idle-time tokens. Returns the turn."""
+    turn = session.submit(question)
+    assert turn.prompt_ids == session.backend.chat_ids(turn.messages)
+    assert session._prompt.last_fast
+    assert session.ctx_used == len(turn.prompt_ids)
+    return turn
+
+
+def answer(session, turn, text: str) -> None:
+    """Finish ``turn`` and approve ``text`` as its answer (an edit: the tiny model's draft is noise)."""
+    for _ in session.stream(turn):
+        pass
+    session.complete(turn)
+    session.edit_approve(text)
+    history = [{"role": "system", "content": session.system_prompt}, *session.history]
+    assert session.ctx_used == len(session.backend.chat_ids(history, add_generation_prompt=False))
+
+
+def test_enter_tokenizes_only_the_new_question_and_stays_exact(session):
+    answer(session, submit_exact(session, "What is asthma?"), "A chronic airway disease.")  # empty history
+    answer(session, submit_exact(session, "And in children?"), "Often allergic.")  # after approve
+    first = session.conversation_id
+    session.new_conversation()
+    answer(session, submit_exact(session, "What is gout?"), "Urate crystal arthritis.")
+    session.resume(first)
+    turn = submit_exact(session, "Is it curable?")
+    assert [m["content"] for m in turn.messages][1:4] == ["What is asthma?", "A chronic airway disease.",
+                                                         "And in children?"]
+    for _ in session.stream(turn):
+        pass
+    session.complete(turn)
+    session.cancel()
+    session.update_settings(session.settings, "You are a terse medical assistant.")
+    turn = submit_exact(session, "What is a stroke?")
+    assert turn.messages[0]["content"] == "You are a terse medical assistant."
+    for _ in session.stream(turn):
+        pass
+    session.complete(turn)
+    session.update_settings(session.settings, "You are a kind medical assistant.")  # with the draft open
+    turn = session.regenerate()
+    assert turn.messages[0]["content"] == "You are a kind medical assistant."
+    assert turn.prompt_ids == session.backend.chat_ids(turn.messages) and session._prompt.last_fast
+
+
+def test_a_history_changed_behind_the_sessions_back_is_still_exact(session):
+    answer(session, submit_exact(session, "What is asthma?"), "A chronic airway disease.")
+    session.history[1] = {"role": "assistant", "content": "A chronic disease of the airways."}  # no re-prepare
+    turn = session.submit("And in children?")
+    assert turn.prompt_ids == session.backend.chat_ids(turn.messages)
+    assert not session._prompt.last_fast  # the prepared text no longer matches: the whole text was tokenized
