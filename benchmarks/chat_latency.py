@@ -7,8 +7,9 @@ both paths produce the same tokens), each repeat measures:
 - **backend**: ``backend.stream(prompt_ids)`` called directly — TTFT = call → first token id;
   decode rate = (tokens − 1) / (last token − first token). Its chat template + tokenizer time for
   the same messages is timed apart and printed on its own line (the app's figure includes it).
-- **app**: the real Textual app (headless, 80x24, driven by the pilot) — TTFT = the moment Enter is
-  pressed → the first draft text is on screen (``DraftView.first_shown_at``: after the screen
+- **app**: the real Textual app (headless, 80x24, the question typed by the pilot) — TTFT = the
+  moment Enter is pressed (delivered as a terminal's driver delivers a key: :func:`press_enter`) →
+  the first draft text is on screen (``DraftView.first_shown_at``: after the screen
   refreshed with it); rate = (tokens − 1) / (last text on screen − first text on screen). This
   includes everything the chat does: context fit, red-flag check, worker start, detokenization,
   message passing, Markdown rendering. The worker's rate includes its one pause after the first
@@ -50,6 +51,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from textual import events
 
 from distillm_edge.backends.base import common_prefix
 from distillm_edge.backends.generate import GenerationSettings
@@ -96,13 +99,26 @@ def backend_run(backend, messages: list[dict], max_tokens: int, prime: list[int]
             "rate": (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")}
 
 
-async def app_run(pilot, session: ChatSession, prime: list[int]) -> dict:
+def press_enter(app) -> None:
+    """Deliver Enter as a terminal does: the driver's input thread hands the key event to the app's
+    loop, and nothing else runs. ``pilot.press`` would also wait for the app to go idle and then
+    queue a callback on every widget (``Pilot._wait_for_screen``), UI-thread work in the middle of
+    the prefill that no terminal does (``--pilot-enter`` measures with it)."""
+    key = events.Key("enter", "\r")
+    key.set_sender(app)
+    app._driver.send_message(key)
+
+
+async def app_run(pilot, session: ChatSession, prime: list[int], pilot_enter: bool = False) -> dict:
     screen = pilot.app.chat
     screen.input.value = ""  # Esc on the last draft put its question back
     await pilot.press(*QUESTION)
     await asyncio.to_thread(flush, session.backend, prime)
     started, started_cpu = time.perf_counter(), time.thread_time()  # the app runs in this thread
-    await pilot.press("enter")
+    if pilot_enter:
+        await pilot.press("enter")
+    else:
+        press_enter(pilot.app)
     while session.state is not State.DRAFT:
         await asyncio.sleep(0.05)  # the timestamps come from the app; polling slowly leaves it the CPU
     await pilot.pause(0.05)  # let the last refresh land
@@ -156,7 +172,7 @@ async def main(args) -> None:
                 for path in order:
                     rows[path].append(await asyncio.to_thread(backend_run, backend, messages, args.max_tokens, prime)
                                       if path == "backend"
-                                      else await app_run(pilot, session, prime))
+                                      else await app_run(pilot, session, prime, args.pilot_enter))
         assert all(row["tokens"] == rows["backend"][0]["tokens"] for rows_ in rows.values() for row in rows_), \
             "greedy runs should produce the same number of tokens on both paths"
 
@@ -212,6 +228,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=0, help="backend threads (0: the backend's default)")
     parser.add_argument("--history", type=int, default=0,
                         help="approved exchanges already in the conversation (cached by the backend)")
+    parser.add_argument("--pilot-enter", action="store_true",
+                        help="press Enter through Textual's pilot (adds its waits to the UI thread's work)")
     args = parser.parse_args()
     if args.repeats < 1 or args.max_tokens < 2 or args.history < 0:
         sys.exit("--repeats must be >= 1, --max-tokens >= 2 and --history >= 0")

@@ -65,10 +65,15 @@ def posted_of(posted: list, cls) -> list:
 
 
 def drafts(screen) -> list:
-    """The draft boxes on screen (the chat keeps the next one mounted, hidden, while idle)."""
+    """The drafts on screen (the chat keeps the next one's box mounted: the idle box, or hidden)."""
     from distillm_edge.chat.widgets.draft import DraftView
 
-    return [view for view in screen.query(DraftView) if view.display]
+    return [view for view in screen.query(DraftView) if view.display and view.turn is not None]
+
+
+def screen_text(app) -> str:
+    """The text on the app's screen as last composited, one line per row."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 def actions(session: ChatSession) -> list[str]:

@@ -13,11 +13,16 @@ Run: ``pytest tests/chat/test_chat_first_token.py``.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
 import pytest
-from chat_helpers import GatedBackend, actions, ask, drafts, posted_of, wait_for
+from chat_helpers import GatedBackend, actions, ask, drafts, posted_of, screen_text, wait_for
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.text import Text
 from textual.app import App
 from textual.screen import Screen
 from textual.widgets import Input
@@ -30,7 +35,7 @@ from distillm_edge.chat.screens.ack import AckScreen
 from distillm_edge.chat.session import ChatSession, State
 from distillm_edge.chat.store import ConversationStore
 from distillm_edge.chat.widgets.banner import RedFlagBanner
-from distillm_edge.chat.widgets.draft import DraftView
+from distillm_edge.chat.widgets.draft import IDLE_HINT, DraftView, plain_text
 from distillm_edge.chat.widgets.message import MessageView
 from distillm_edge.chat.widgets.status import StatusLine
 from distillm_edge.safety.audit import AuditLog
@@ -39,6 +44,20 @@ pytestmark = pytest.mark.anyio
 QUESTION = "What is the usual adult dose of amoxicillin?"
 RED_FLAG_QUESTION = "I have crushing chest pain radiating to my left arm and I am sweating"
 RULE = "cardiac.chest_pain_radiation"
+
+
+class Scripted:
+    """The real backend's tokenizer, with a scripted answer as its tokens (for what the screen does
+    with a known first word)."""
+
+    def __init__(self, backend, answer: str):
+        self._backend, self.answer = backend, answer
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def stream(self, ids, max_new_tokens, **kwargs):
+        yield from self._backend.tokenize(self.answer, add_special_tokens=False)[:max_new_tokens]
 
 
 class Recording:
@@ -109,8 +128,9 @@ async def test_a_cancel_during_the_prefill_still_logs_the_questions_red_flags(ma
 
 
 async def test_the_first_text_shows_in_a_draft_box_mounted_while_idle(make_session, make_app, tiny_backend):
-    """No widget is composed or mounted for the first paint; after each decision the next hidden box
-    is ready below the transcript, so every draft still appears last."""
+    """No widget is composed or mounted for the first paint: the idle box at the transcript's end
+    becomes the draft; after each decision the next box is ready below the transcript, so every draft
+    still appears last."""
     gated = GatedBackend(tiny_backend)
     session = make_session(backend=gated, max_new_tokens=8)
     async with make_app(session).run_test() as pilot:
@@ -118,7 +138,8 @@ async def test_the_first_text_shows_in_a_draft_box_mounted_while_idle(make_sessi
         await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
         await pilot.pause()
         spare = screen.query_one(DraftView)
-        assert not spare.display and not drafts(screen) and list(screen.transcript.children)[-1] is spare
+        assert spare.display and spare.turn is None and not drafts(screen)
+        assert list(screen.transcript.children)[-1] is spare and IDLE_HINT in screen_text(pilot.app)
         await pilot.press(*QUESTION, "enter")
         await wait_for(pilot, lambda: gated.first_token.is_set() and drafts(screen)
                        and drafts(screen)[0].first_shown_at is not None, "the first text on screen")
@@ -132,7 +153,8 @@ async def test_the_first_text_shows_in_a_draft_box_mounted_while_idle(make_sessi
         assert screen.query_one("#question", Input).cursor_blink is True
         kids = list(screen.transcript.children)
         assert [(k.role, k.content) for k in kids[:-1]] == [("user", QUESTION), ("assistant", session.history[-1]["content"])]
-        assert isinstance(kids[-1], DraftView) and not kids[-1].display and kids[-1] is not spare
+        assert isinstance(kids[-1], DraftView) and kids[-1].display and kids[-1] is not spare
+        assert kids[-1].turn is None  # the idle box again, below the approved exchange
 
         gated.release.clear()
         gated.first_token.clear()
@@ -144,7 +166,9 @@ async def test_the_first_text_shows_in_a_draft_box_mounted_while_idle(make_sessi
         await wait_for(pilot, lambda: session.state is State.DRAFT, "the second draft")
         await pilot.pause()
         kids = [k for k in screen.transcript.children if k.display]
-        assert isinstance(kids[-1], DraftView) and kids[-2].content == "And for children?"
+        assert isinstance(kids[-1], DraftView) and kids[-1].turn is session.turn
+        assert kids[-2].content == "And for children?"
+        assert not screen.spare.display  # the box a regenerated answer would use waits hidden
         assert [k.role for k in kids[:-1] if isinstance(k, MessageView)] == ["user", "assistant", "user"]
 
 
@@ -237,16 +261,17 @@ async def test_the_draft_streams_into_one_markdown_view_without_mounting(make_se
         await wait_for(pilot, lambda: session.state is State.IDLE, "the model to load")
         await pilot.pause()
         spare = screen.spare
-        widgets_before = list(spare.walk_children())
+        widgets_before = list(screen.transcript.walk_children())
         await pilot.press(*QUESTION, "enter")
         await wait_for(pilot, lambda: gated.first_token.is_set() and drafts(screen)
                        and drafts(screen)[0].first_shown_at is not None, "the first text on screen")
-        assert list(spare.walk_children()) == widgets_before
+        added = [w for w in screen.transcript.walk_children() if w not in widgets_before]
+        assert drafts(screen) == [spare] and all(isinstance(w, MessageView) and w.role == "user" for w in added)
         gated.release.set()
         await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
         await pilot.pause()
-        assert list(spare.walk_children()) == widgets_before
-        assert spare.text == session.draft.text and spare.body.content.markup == session.draft.text
+        assert not list(spare.walk_children())
+        assert spare.text == session.draft.text and session.draft.text.split()[0] in screen_text(pilot.app)
 
 
 async def test_the_body_renders_markdown():
@@ -260,10 +285,82 @@ async def test_the_body_renders_markdown():
         view.append(" twice daily\n\n- with food")
         await pilot.pause()
         assert view.text == "**Amoxicillin** 500 mg twice daily\n\n- with food"
-        lines = [strip.text for strip in view.body.render_lines(view.body.content_region.reset_offset)]
+        lines = [strip.text for strip in view.render_lines(view.content_region.reset_offset)]
         shown = "\n".join(lines)
         assert "Amoxicillin 500 mg twice daily" in shown and "**" not in shown
-        assert any(line.strip().startswith("•") and "with food" in line for line in lines)
+        assert any(line.strip(" ┃").startswith("•") and "with food" in line for line in lines)
+
+
+@pytest.mark.parametrize("text", ["Hypertension", "  The usual dose ", "Yes, it’s safe; ask (gently)?", "Émile",
+                                  "a  b", "Hypertension 1. is", "**Bold**", "- item", "# Head", "use `x`",
+                                  "1. first", "a_b_c", "x\ny", "> quote", "<b>", "a | b", "see [1]", "~~no~~"])
+def test_plain_text_looks_as_markdown_renders_it(text):
+    """The first word skips the Markdown parser only where the parser would change nothing."""
+    def lines(renderable):
+        console = Console(width=40, file=io.StringIO(), color_system=None)
+        return ["".join(seg.text for seg in line) for line in console.render_lines(Panel(renderable))]
+
+    plain = plain_text(text)
+    if plain is not None:
+        assert lines(Text(plain)) == lines(Markdown(text))
+    assert (plain is None) == any(c in text for c in "1*-#`_\n><|[~"), text
+
+
+async def test_a_first_text_that_fits_repaints_only_the_draft_box():
+    """The idle box is laid out with one body line: a first word fills it with no screen layout; text
+    that needs more lines lays the screen out again."""
+    class One(App):
+        def compose(self):
+            yield DraftView()
+
+    async with One().run_test(size=(80, 10)) as pilot:
+        view = pilot.app.query_one(DraftView)
+        await pilot.pause()
+        assert view.size.height == 3 and IDLE_HINT in screen_text(pilot.app)
+        layouts = []
+        real = pilot.app.screen._refresh_layout
+        pilot.app.screen._refresh_layout = lambda *a, **k: (layouts.append(1), real(*a, **k))[1]
+        view.show_turn("turn")
+        view.append("Hypertension")
+        await pilot.pause()
+        assert layouts == [] and view.first_shown_at is not None
+        text = screen_text(pilot.app)
+        assert "Hypertension" in text and "DRAFT" in text and IDLE_HINT not in text
+        view.append(" is treated with\n\n- thiazides")
+        await pilot.pause()
+        assert layouts and view.size.height == 5 and "• thiazides" in screen_text(pilot.app)
+
+
+async def test_the_chat_shows_a_first_word_without_a_layout(make_session, make_app, tiny_backend, monkeypatch):
+    """In the chat itself: from Enter until the first word is on screen, nothing lays the screen out."""
+    layouts = []
+    real_layout = Screen._refresh_layout
+
+    def counting(self, *args, **kwargs):
+        layouts.append(time.perf_counter())
+        return real_layout(self, *args, **kwargs)
+
+    monkeypatch.setattr(Screen, "_refresh_layout", counting)
+    gated = GatedBackend(Scripted(tiny_backend, "Hypertension is treated with lifestyle changes."))
+    session = make_session(backend=gated, max_new_tokens=12)
+    async with make_app(session).run_test() as pilot:
+        screen = pilot.app.chat
+        await ask(pilot, session, QUESTION)  # an exchange in the transcript above the next draft
+        await pilot.press("a")
+        gated.release.clear()
+        await wait_for(pilot, lambda: session.state is State.IDLE, "the approval")
+        await pilot.press(*"And for children?")
+        await pilot.pause()
+        entered = time.perf_counter()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: drafts(screen) and drafts(screen)[0].first_shown_at is not None,
+                       "the first word on screen")
+        shown = drafts(screen)[0].first_shown_at
+        assert not [t for t in layouts if entered <= t <= shown]
+        assert "Hyp" in screen_text(pilot.app)
+        gated.release.set()
+        await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
+        assert session.draft.text == "Hypertension is treated with lifestyle changes."
 
 
 async def test_each_approved_message_is_one_widget(make_session, make_app):
@@ -278,8 +375,7 @@ async def test_each_approved_message_is_one_widget(make_session, make_app):
         views = list(screen.query(MessageView))
         assert [v.role for v in views] == ["user", "assistant", "user", "assistant"]
         assert all(not list(v.walk_children()) for v in views)
-        spare_widgets = len(list(screen.spare.walk_children())) + 1
-        assert len(list(screen.transcript.walk_children())) == 4 + spare_widgets
+        assert len(list(screen.transcript.walk_children())) == 4 + 1  # and the idle box
 
 
 async def test_the_load_and_every_generation_run_on_one_thread(tmp_path, tiny_backend, rules):

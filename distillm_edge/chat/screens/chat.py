@@ -69,7 +69,7 @@ class ChatScreen(Screen):
         super().__init__()
         self.session, self.model_label, self.export_dir = session, model_label, export_dir
         self.draft_view: DraftView | None = None
-        self.spare: DraftView | None = None  # the next draft's box, mounted hidden while idle
+        self.spare: DraftView | None = None  # the next draft's box: the idle box, or hidden while a draft is open
         self._spare_mounted = None  # its AwaitMount
         self.pending: MessageView | None = None  # the question being answered, until a decision
         self.first_shown = threading.Event()  # set when the current turn's first text is on screen
@@ -218,22 +218,25 @@ class ChatScreen(Screen):
         self.status.show("Generating a draft… Esc cancels.", notice=notice, kind="busy")
 
     def _prepare_draft(self) -> None:
-        """Mount the next draft's box, hidden, at the end of the transcript while nothing is
-        generating, so the first token only shows it (composing and mounting it cost the first
-        paint ~3 ms of UI CPU)."""
+        """Mount the next draft's box at the end of the transcript while nothing is generating, so the
+        first token only fills it in (composing and mounting it cost the first paint ~3 ms of UI CPU).
+        While no draft is open it shows, as the idle box, where the next answer will appear: it is laid
+        out already, so a first text that fits its line repaints it alone (no screen layout). Made
+        while a draft is open (for a regenerated answer), it waits hidden."""
         if self.spare is None:
             self.spare = DraftView()
-            self.spare.display = False
             self._spare_mounted = self.transcript.mount(self.spare)
+        self.spare.display = self.draft_view is None
 
     async def _show_turn(self, turn: Turn) -> None:
-        """The first text (or the end) of ``turn`` arrived: show its draft box; the question above it
-        follows in the next frame (:meth:`on_draft_view_shown`), so the first paint lays out one widget."""
+        """The first text (or the end) of ``turn`` arrived: the next draft's box becomes its draft (no
+        layout when it was showing as the idle box); the question above it follows in the next frame
+        (:meth:`on_draft_view_shown`)."""
         self._prepare_draft()  # a no-op unless the turn started before the spare was made
         if not self.spare.is_mounted:
             await self._spare_mounted
         self.draft_view, self.spare = self.spare, None
-        self.draft_view.turn = turn
+        self.draft_view.show_turn(turn)
         self.draft_view.display = True
 
     async def _mount_question(self, turn: Turn) -> None:
@@ -399,7 +402,7 @@ class ChatScreen(Screen):
     # --- conversations, settings, help -----------------------------------------------------------
 
     def _show_conversation(self) -> None:
-        self.transcript.remove_children()  # the hidden spare draft box too: a new one goes last
+        self.transcript.remove_children()  # the next draft's box too: a new one goes last
         self.spare = None
         if self.session.conversation_saved():
             for msg in self.session.store.messages(self.session.conversation_id):
