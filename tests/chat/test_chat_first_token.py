@@ -233,6 +233,24 @@ async def test_enter_lays_out_nothing_until_the_first_text(make_session, make_ap
         await wait_for(pilot, lambda: session.state is State.DRAFT, "the draft")
 
 
+async def test_enter_does_not_reach_the_input(make_session, make_app, tiny_backend, monkeypatch):
+    """The screen takes Enter before the input, whose key handler would restart its cursor's blink
+    (a repaint as the prefill starts); Enter still sends the question, and typing still reaches it."""
+    keys = []
+    real_on_key = Input._on_key
+
+    async def recording(self, event):
+        keys.append(event.key)
+        return await real_on_key(self, event)
+
+    monkeypatch.setattr(Input, "_on_key", recording)
+    session = make_session(max_new_tokens=4)
+    async with make_app(session).run_test() as pilot:
+        await ask(pilot, session, QUESTION)
+        assert session.draft.question == QUESTION
+        assert "enter" not in keys and len(keys) == len(QUESTION)
+
+
 async def test_text_typed_during_the_prefill_is_kept(make_session, make_app, tiny_backend):
     """Enter's deferred clearing of the input only clears the question it sent."""
     gated = GatedBackend(tiny_backend, before_first=True)

@@ -63,6 +63,7 @@ class ChatScreen(Screen):
         Binding("ctrl+o", "settings", "Settings", priority=True),
         Binding("question_mark", "help", "Help"),
         Binding("f1", "help", "Help", show=False, priority=True),
+        Binding("enter", "send", "Send", show=False, priority=True),
     ]
 
     def __init__(self, session: ChatSession, model_label: str, export_dir: Path):
@@ -167,15 +168,16 @@ class ChatScreen(Screen):
 
     # --- asking ----------------------------------------------------------------------------------
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input is not self.input:
-            return
+    def action_send(self) -> None:
+        """Enter in the question box. The screen takes the key before the input sees it: the input
+        would restart its cursor's blink, a repaint (~1 ms of UI CPU) as the model's prefill starts."""
+        value = self.input.value
         try:
-            turn = self.session.submit(event.value)
+            turn = self.session.submit(value)
         except SessionError as exc:
             self.status.show(str(exc), kind="error")
             return
-        self._start(turn, submitted=event.value)
+        self._start(turn, submitted=value)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         """``?`` typed into the empty input opens the help (the input keeps printable keys to itself,
@@ -462,6 +464,8 @@ class ChatScreen(Screen):
         self.app.push_screen(HelpScreen())
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "send":  # Enter elsewhere goes to the focused widget
+            return self.focused is self.input and not self.input.disabled
         state = self.session.state
         if action in DRAFT_KEYS:
             return state is State.DRAFT
