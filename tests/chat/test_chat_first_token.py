@@ -3,10 +3,11 @@
 Enter changes nothing on screen (no layout) until the first text, which then brings Enter's effects
 (input cleared, "Generating…"); the question's red-flag check runs after the first token (its banner
 still shows while streaming, and one-key approval is still blocked; a cancellation during the
-prefill still logs the question's red flags); the draft box the first token shows in was mounted,
-hidden, while the chat was idle, and the answer streams into its one Markdown body without mounting
-a widget; each approved message is one widget; the status line skips a screen layout only when its
-height cannot change.
+prefill still logs the question's red flags); the draft box the first token shows in is the idle
+box laid out while the chat was idle, so a first word repaints only that box (no layout); Enter
+never reaches the input (no cursor repaint); the answer streams into the one box without mounting
+a widget, plain text drawn exactly as Markdown would draw it; each approved message is one widget;
+the status line skips a screen layout only when its height cannot change.
 
 Run: ``pytest tests/chat/test_chat_first_token.py``.
 """
@@ -270,8 +271,8 @@ async def test_text_typed_during_the_prefill_is_kept(make_session, make_app, tin
 
 
 async def test_the_draft_streams_into_one_markdown_view_without_mounting(make_session, make_app, tiny_backend):
-    """The first text and every later piece update the same body widget (nothing is mounted while
-    the answer streams); the body shows the whole text so far as Markdown."""
+    """The first text and every later piece update the same box (nothing is mounted while the
+    answer streams, but the question above it); it shows the whole text so far."""
     gated = GatedBackend(tiny_backend)
     session = make_session(backend=gated, max_new_tokens=12)
     async with make_app(session).run_test() as pilot:

@@ -193,8 +193,9 @@ class ChatScreen(Screen):
         by about its own UI CPU time. Enter's visible effects (the input cleared, its cursor's blink stopped,
         "Generating…" in the status line; ~3 ms of UI CPU with a layout) wait for the first text's paint
         (:meth:`on_draft_view_shown`), or ``FEEDBACK_S`` if the model is slower than that, so a
-        slow model's user still sees at once that Enter took. The first text brings the draft box;
-        once it is painted, the question above it (and the question's red-flag banner) and Enter's
+        slow model's user still sees at once that Enter took. The first text turns the idle box into
+        the draft (a repaint of that box alone when it fits its line: no layout); once it is
+        painted, the question above it (and the question's red-flag banner) and Enter's
         effects follow in one frame. Measured: ``benchmarks/chat_latency.py`` (closing notes of
         issue #10). The input and footer give the keys to the draft when it is complete
         (:meth:`on_generation_done`). Esc cancels throughout (the input has no Esc key).
@@ -262,8 +263,8 @@ class ChatScreen(Screen):
     @work(thread=True, group="generate", exit_on_error=False)
     def generate(self, turn: Turn, first_shown: threading.Event) -> None:
         """Stream the draft. The first text is posted at once, and decoding waits (up to
-        ``FIRST_SHOWN_WAIT_S``) until the screen shows it: laying out the draft box then has the
-        cores to itself. Later text is posted at most every ``REFRESH_S`` (pieces that arrive
+        ``FIRST_SHOWN_WAIT_S``) until the screen shows it and the question above it: that frame's
+        layout then has the cores to itself. Later text is posted at most every ``REFRESH_S`` (pieces that arrive
         sooner are joined), so rendering never takes the CPU the model needs."""
         pending, last_post = "", 0.0
         try:
