@@ -111,8 +111,8 @@ def press_enter(app) -> None:
 
 async def app_run(pilot, session: ChatSession, prime: list[int], pilot_enter: bool = False) -> dict:
     screen = pilot.app.chat
-    screen.input.value = ""  # Esc on the last draft put its question back
-    await pilot.press(*QUESTION)
+    screen.input.value = QUESTION  # set, not typed: each app run stays close in time to its paired backend run
+    await pilot.pause()
     await asyncio.to_thread(flush, session.backend, prime)
     started, started_cpu = time.perf_counter(), time.thread_time()  # the app runs in this thread
     if pilot_enter:
