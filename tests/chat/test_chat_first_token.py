@@ -364,6 +364,7 @@ async def test_the_chat_shows_a_first_word_without_a_layout(make_session, make_a
     session = make_session(backend=gated, max_new_tokens=12)
     async with make_app(session).run_test() as pilot:
         screen = pilot.app.chat
+        gated.release.set()
         await ask(pilot, session, QUESTION)  # an exchange in the transcript above the next draft
         await pilot.press("a")
         gated.release.clear()
