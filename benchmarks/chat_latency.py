@@ -93,7 +93,9 @@ def backend_run(backend, messages: list[dict], max_tokens: int, prime: list[int]
     prompt_ids = backend.chat_ids(messages)
     started = time.perf_counter()
     stamps = []
-    for _ in backend.stream(prompt_ids, max_tokens, temperature=0.0):
+    for token in backend.stream(prompt_ids, max_tokens, temperature=0.0):
+        if token in backend.eos_token_ids:  # the chat ends its draft there too (not a token of text)
+            break
         stamps.append(time.perf_counter())
     return {"ttft": stamps[0] - started, "tokens": len(stamps), "tokenize": started - tokenize_started,
             "rate": (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")}
