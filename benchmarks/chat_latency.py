@@ -7,7 +7,7 @@ both paths produce the same tokens), each repeat measures:
 - **backend**: ``backend.stream(prompt_ids)`` called directly — TTFT = call → first token id;
   decode rate = (tokens − 1) / (last token − first token). Its chat template + tokenizer time for
   the same messages is timed apart and printed on its own line (the app's figure includes it).
-- **app**: the real Textual app (headless, 80x24, the question typed by the pilot) — TTFT = the
+- **app**: the real Textual app (headless, 80x24, the question set in its input) — TTFT = the
   moment Enter is pressed (delivered as a terminal's driver delivers a key: :func:`press_enter`) →
   the first draft text is on screen (``DraftView.first_shown_at``: after the screen
   refreshed with it); rate = (tokens − 1) / (last text on screen − first text on screen). This

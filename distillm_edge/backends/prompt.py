@@ -104,20 +104,21 @@ class ChatPromptCache:
         """``backend.chat_ids(messages)`` (with the generation prompt), reusing the prepared ids when
         ``messages`` extend the prepared conversation by a user turn the probes vouch for."""
         if not hasattr(self.backend, "chat_text"):
-            return self._full(lambda: self.backend.chat_ids(messages))
+            return self._counted(False, list(self.backend.chat_ids(messages)))
         text = self.backend.chat_text(messages)
         prefix = self._prefix  # read once: prepare() replaces it whole
-        if prefix is None or not prefix.opener or not text.startswith(prefix.text):
-            return self._full(lambda: self._tokenize(text))
-        tail = text[len(prefix.text):]
-        if not tail.startswith(prefix.opener):
-            return self._full(lambda: self._tokenize(text))
-        self.last_fast, self.fast_calls = True, self.fast_calls + 1
-        return [*prefix.ids, *self._tokenize(tail)]
+        if (prefix is None or not prefix.opener or not text.startswith(prefix.text)
+                or not text.startswith(prefix.opener, len(prefix.text))):
+            return self._counted(False, self._tokenize(text))
+        return self._counted(True, [*prefix.ids, *self._tokenize(text[len(prefix.text):])])
 
-    def _full(self, tokenize) -> list[int]:
-        self.last_fast, self.full_calls = False, self.full_calls + 1
-        return list(tokenize())
+    def _counted(self, fast: bool, ids: list[int]) -> list[int]:
+        self.last_fast = fast
+        if fast:
+            self.fast_calls += 1
+        else:
+            self.full_calls += 1
+        return ids
 
     def _tokenize(self, text: str) -> list[int]:
         return list(self.backend.tokenize(text, add_special_tokens=False))

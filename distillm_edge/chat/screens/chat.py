@@ -235,12 +235,11 @@ class ChatScreen(Screen):
         """The first text (or the end) of ``turn`` arrived: the next draft's box becomes its draft (no
         layout when it was showing as the idle box); the question above it follows in the next frame
         (:meth:`on_draft_view_shown`)."""
-        self._prepare_draft()  # a no-op unless the turn started before the spare was made
+        self._prepare_draft()  # shows the box (no draft is open); makes it if the turn started before it was made
         if not self.spare.is_mounted:
             await self._spare_mounted
         self.draft_view, self.spare = self.spare, None
         self.draft_view.show_turn(turn)
-        self.draft_view.display = True
 
     async def _mount_question(self, turn: Turn) -> None:
         if self.pending is None and self.draft_view is not None:  # a regenerated draft keeps its question
