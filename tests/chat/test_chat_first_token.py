@@ -47,6 +47,20 @@ RED_FLAG_QUESTION = "I have crushing chest pain radiating to my left arm and I a
 RULE = "cardiac.chest_pain_radiation"
 
 
+@pytest.fixture
+def layouts(monkeypatch) -> list[float]:
+    """``time.perf_counter()`` of every screen layout (``Screen._refresh_layout``) while the test runs."""
+    stamps: list[float] = []
+    real_layout = Screen._refresh_layout
+
+    def counting(self, *args, **kwargs):
+        stamps.append(time.perf_counter())
+        return real_layout(self, *args, **kwargs)
+
+    monkeypatch.setattr(Screen, "_refresh_layout", counting)
+    return stamps
+
+
 class Scripted:
     """The real backend's tokenizer, with a scripted answer as its tokens (for what the screen does
     with a known first word)."""
@@ -196,17 +210,9 @@ async def test_status_line_height_follows_its_text(make_session, make_app):
         assert status.size.height == 1 and "Draft ready" in status.status
 
 
-async def test_enter_lays_out_nothing_until_the_first_text(make_session, make_app, tiny_backend, monkeypatch):
+async def test_enter_lays_out_nothing_until_the_first_text(make_session, make_app, tiny_backend, layouts):
     """During the prefill the screen is not laid out (its UI CPU would delay the first token); the
     first text brings the draft box, then the question, the cleared input and the status."""
-    layouts = []
-    real_layout = Screen._refresh_layout
-
-    def counting(self, *args, **kwargs):
-        layouts.append(self)
-        return real_layout(self, *args, **kwargs)
-
-    monkeypatch.setattr(Screen, "_refresh_layout", counting)
     gated = GatedBackend(tiny_backend, before_first=True)
     session = make_session(backend=gated, max_new_tokens=8)
     async with make_app(session).run_test() as pilot:
@@ -325,7 +331,7 @@ def test_plain_text_looks_as_markdown_renders_it(text):
     assert (plain is None) == any(c in text for c in "1*-#`_\n><|[~"), text
 
 
-async def test_a_first_text_that_fits_repaints_only_the_draft_box():
+async def test_a_first_text_that_fits_repaints_only_the_draft_box(layouts):
     """The idle box is laid out with one body line: a first word fills it with no screen layout; text
     that needs more lines lays the screen out again."""
     class One(App):
@@ -336,9 +342,7 @@ async def test_a_first_text_that_fits_repaints_only_the_draft_box():
         view = pilot.app.query_one(DraftView)
         await pilot.pause()
         assert view.size.height == 3 and IDLE_HINT in screen_text(pilot.app)
-        layouts = []
-        real = pilot.app.screen._refresh_layout
-        pilot.app.screen._refresh_layout = lambda *a, **k: (layouts.append(1), real(*a, **k))[1]
+        layouts.clear()
         view.show_turn("turn")
         view.append("Hypertension")
         await pilot.pause()
@@ -350,16 +354,8 @@ async def test_a_first_text_that_fits_repaints_only_the_draft_box():
         assert layouts and view.size.height == 5 and "• thiazides" in screen_text(pilot.app)
 
 
-async def test_the_chat_shows_a_first_word_without_a_layout(make_session, make_app, tiny_backend, monkeypatch):
+async def test_the_chat_shows_a_first_word_without_a_layout(make_session, make_app, tiny_backend, layouts):
     """In the chat itself: from Enter until the first word is on screen, nothing lays the screen out."""
-    layouts = []
-    real_layout = Screen._refresh_layout
-
-    def counting(self, *args, **kwargs):
-        layouts.append(time.perf_counter())
-        return real_layout(self, *args, **kwargs)
-
-    monkeypatch.setattr(Screen, "_refresh_layout", counting)
     gated = GatedBackend(Scripted(tiny_backend, "Hypertension is treated with lifestyle changes."))
     session = make_session(backend=gated, max_new_tokens=12)
     async with make_app(session).run_test() as pilot:
